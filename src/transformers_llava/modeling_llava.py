@@ -1,0 +1,293 @@
+"""LLaVA modeling: vision tower -> projector -> image tokens spliced into the LLM's input embeddings.
+
+`TransformersLlavaModel` is the backbone (`base_model_prefix = "model"`): it returns the LLM's last hidden states, so
+TRL's fused LM head, padding-free training and generation all go through the same code path.
+`TransformersLlavaForConditionalGeneration` adds the `lm_head` and the loss.
+
+The towers are reused from transformers (`AutoModel.from_config`); only the projector and the splice are LLaVA's.
+This file is also shipped inside saved checkpoints as remote code, so it imports only from transformers, torch and
+the configuration file beside it.
+"""
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+
+from .configuration_llava import TransformersLlavaConfig, projector_depth
+
+
+@dataclass
+class LlavaModelOutputWithPast(BaseModelOutputWithPast):
+    """Backbone output; `image_hidden_states` are the projected image features `[N_img * T, D_llm]`."""
+
+    image_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class LlavaCausalLMOutputWithPast(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+
+class LlavaMultiModalProjector(nn.Module):
+    """Vision features `[N, T, D_vis * n_layers]` -> LLM embeddings `[N, T, D_llm]`.
+
+    `linear` is the paper's projection `W z + b` (one layer, no activation); `mlpNx_gelu` stacks N layers with the
+    activation between them (LLaVA-1.5 uses N = 2). Layers are named `linear_1..linear_N` as in llava-hf.
+    """
+
+    def __init__(self, config: TransformersLlavaConfig):
+        super().__init__()
+        depth = projector_depth(config.projector_type)
+        d_in = config.vision_config.hidden_size * config.num_feature_layers
+        d_out = config.text_config.hidden_size
+        self.depth = depth
+        self.linear_1 = nn.Linear(d_in, d_out, bias=config.multimodal_projector_bias)
+        for i in range(2, depth + 1):
+            setattr(self, f"linear_{i}", nn.Linear(d_out, d_out, bias=config.multimodal_projector_bias))
+        self.act = ACT2FN[config.projector_hidden_act] if depth > 1 else None
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden = self.linear_1(image_features)
+        for i in range(2, self.depth + 1):
+            hidden = getattr(self, f"linear_{i}")(self.act(hidden))
+        return hidden
+
+
+class TransformersLlavaPreTrainedModel(PreTrainedModel):
+    config_class = TransformersLlavaConfig
+    config: TransformersLlavaConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        # Towers initialise themselves (they are PreTrainedModels); only the projector is ours.
+        if isinstance(module, LlavaMultiModalProjector):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            for i in range(1, module.depth + 1):
+                layer = getattr(module, f"linear_{i}")
+                nn.init.normal_(layer.weight, mean=0.0, std=std)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+
+class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
+    """Vision tower + projector + language model (no LM head)."""
+
+    def __init__(self, config: TransformersLlavaConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Encode `pixel_values [N_img, 3, H, W]`; `pooler_output` is a list of `N_img` tensors `[T, D_llm]`."""
+        layers = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        layers = [layers] if isinstance(layers, int) else list(layers)
+        tower_dtype = self.vision_tower.dtype
+        # A frozen tower (every LLaVA stage) needs no autograd graph: no activations kept for backward.
+        frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.no_grad() if frozen and torch.is_grad_enabled() else nullcontext():
+            tower_out = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+        selected = [tower_out.hidden_states[layer] for layer in layers]  # each [N_img, 1 + P, D_vis]
+        if strategy == "default":
+            selected = [hidden[:, 1:] for hidden in selected]  # CLS dropped: the paper uses patch features only
+        features = torch.cat(selected, dim=-1)  # [N_img, T, D_vis * n_layers]
+        projected = self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower_out.last_hidden_state,
+            pooler_output=list(projected),  # [T, D_llm] per image
+            hidden_states=tower_out.hidden_states if kwargs.get("output_hidden_states") else None,
+        )
+
+    def _image_token_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(-1)
+
+    def _check_image_tokens(self, mask: torch.Tensor, image_features: list[torch.Tensor]) -> None:
+        per_row = mask.sum(-1).tolist()
+        n_tokens, n_features = sum(per_row), sum(len(f) for f in image_features)
+        if n_tokens == n_features:
+            return
+        tokens_per_image = len(image_features[0]) if image_features else 0
+        rows = ", ".join(f"row {i}: {n}" for i, n in enumerate(per_row))
+        raise ValueError(
+            f"Image tokens and image features do not match: the input_ids hold {n_tokens} image tokens ({rows}) but "
+            f"{len(image_features)} images give {n_features} features ({tokens_per_image} per image). Every `<image>` "
+            "must be expanded by the processor into exactly that many tokens; a truncated sequence cuts them."
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LlavaModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if pixel_values is not None and (mm_encoder_outputs or {}).get("image") is not None:
+            raise ValueError("Pass either `pixel_values` or pre-encoded `mm_encoder_outputs['image']`, not both.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, L, D_llm]
+
+        encoded = (mm_encoder_outputs or {}).get("image")
+        if encoded is None and pixel_values is not None:
+            encoded = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        image_features = None
+        if encoded is not None:
+            mask = self._image_token_mask(input_ids, inputs_embeds)  # [B, L]
+            self._check_image_tokens(mask, encoded.pooler_output)
+            image_features = torch.cat(encoded.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+            # Placeholders are filled in reading order: row by row, left to right, image after image.
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
+        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
+            raise ValueError(
+                f"input_ids hold {(input_ids == self.config.image_token_id).sum().item()} image tokens but no "
+                "pixel_values (or mm_encoder_outputs) were given."
+            )
+
+        if position_ids is not None and attention_mask is None and past_key_values is None:
+            # Several samples packed along the time axis (positions restart at 0 per sample): the LLM builds a
+            # block-diagonal causal mask from position_ids, which it only does without a cache.
+            use_cache = False
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return LlavaModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel, GenerationMixin):
+    """LLaVA with its language-modeling head; `generate` reuses the encoded image across decoding steps."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: TransformersLlavaConfig):
+        super().__init__(config)
+        self.model = TransformersLlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kw):
+        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kw)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> LlavaCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state  # [B, L, D_llm]
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)  # [B, L', V]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return LlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+
+__all__ = [
+    "TransformersLlavaPreTrainedModel",
+    "TransformersLlavaModel",
+    "TransformersLlavaForConditionalGeneration",
+    "LlavaMultiModalProjector",
+]
