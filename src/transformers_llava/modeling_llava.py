@@ -21,6 +21,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 
 from .configuration_llava import TransformersLlavaConfig, projector_depth
 
+# Loaders for checkpoints in other layouts (the original LLaVA releases, llava-hf). The installed package appends
+# to this list; each takes `(cls, path, *args, **kwargs)` and returns a model, or None when the path is not its
+# format. Remote-code copies of this file (no package installed) load only this package's own format.
+FOREIGN_CHECKPOINT_LOADERS: list = []
+
 
 @dataclass
 class LlavaModelOutputWithPast(BaseModelOutputWithPast):
@@ -221,6 +226,15 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         self.model = TransformersLlavaModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a checkpoint of this package, or of any layout a registered foreign-format loader recognises."""
+        for loader in FOREIGN_CHECKPOINT_LOADERS:
+            model = loader(cls, pretrained_model_name_or_path, *args, **kwargs)
+            if model is not None:
+                return model
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

@@ -11,6 +11,10 @@ image processing file beside it.
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import ProcessorMixin
 
+# Loaders for processors of other checkpoint layouts (the original LLaVA releases, llava-hf); see
+# `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`. Each takes `(cls, path, **kwargs)` and returns a processor or None.
+FOREIGN_PROCESSOR_LOADERS: list = []
+
 
 class TransformersLlavaProcessor(ProcessorMixin):
     """Same constructor as transformers' `LlavaProcessor`.
@@ -68,6 +72,15 @@ class TransformersLlavaProcessor(ProcessorMixin):
             kwargs.get("text_kwargs", {}).pop("add_special_tokens", None)
             kwargs["add_special_tokens"] = not starts.pop()
         return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a processor saved by this package, or of any layout a registered foreign-format loader recognises."""
+        for loader in FOREIGN_PROCESSOR_LOADERS:
+            processor = loader(cls, pretrained_model_name_or_path, **kwargs)
+            if processor is not None:
+                return processor
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Tokens one processed image of `height x width` pixels becomes in the text."""
