@@ -77,6 +77,8 @@ def _register() -> None:
 
 _register()
 
+from . import checkpoints  # noqa: E402,F401  (registers the loaders of original LLaVA and llava-hf checkpoints)
+
 __all__ = [
     "LlavaConfig",
     "LlavaPreTrainedModel",

@@ -1,0 +1,134 @@
+"""`from_pretrained` for every supported layout: the loaders registered with the model and processor classes.
+
+    from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
+    model = LlavaForConditionalGeneration.from_pretrained("llava-v1.5-7b", vision_tower="clip-vit-large-patch14-336")
+    model = LlavaForConditionalGeneration.from_pretrained("LLaVA-7b-delta-v0", base_model="llama-7b")
+    model = LlavaForConditionalGeneration.from_pretrained("llava-1.5-7b-hf")            # llava-hf
+    processor = LlavaProcessor.from_pretrained("llava-v1.5-7b", vision_tower="clip-vit-large-patch14-336")
+
+Extra keyword arguments, for foreign layouts only: `base_model` (the language model a delta / LoRA / projector-only
+release applies to), `vision_tower` (a local copy of the CLIP tower named by `mm_vision_tower`),
+`conversation_format` (override the chat template chosen from the release name), `allow_pickle` (trust `.bin` files
+that need more than plain tensors). Everything else (`dtype`, `device_map`, `attn_implementation`, ...) goes to
+transformers' own loader, which receives the converted config and weights. Local directories only; this package's own
+format and Hub names take transformers' usual path.
+"""
+
+import os
+
+from transformers import GenerationConfig
+
+from ..chat_templates import STOP_STRINGS, load_chat_template
+from .delta import apply_delta, check_not_delta
+from .detect import Layout, detect_layout
+from .llava_hf import from_llava_hf, from_llava_hf_processor
+from .lora_release import lora_release_weights, projector_release_weights
+from .original import convert_original, drop_stale_buffers, original_processor, release_tokenizer
+from .safe_load import CheckpointError, read_weights, weight_files
+from .templates import conversation_format as release_conversation_format
+
+OPTIONS = ("base_model", "vision_tower", "conversation_format", "allow_pickle")
+
+
+def split_options(kwargs: dict) -> tuple[dict, dict]:
+    """(this package's loading options, everything else)."""
+    options = {name: kwargs.pop(name, None) for name in OPTIONS}
+    options["allow_pickle"] = bool(options["allow_pickle"])
+    return options, kwargs
+
+
+def foreign_layout(path, options: dict) -> Layout | None:
+    """The layout of `path` when it is a foreign one; None for this package's format and non-local names."""
+    given = [name for name in ("base_model", "vision_tower", "conversation_format") if options[name] is not None]
+    if path is None or not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+        if given and path is not None:
+            raise CheckpointError(f"{', '.join(given)} given but {path} is not a local checkpoint directory.")
+        return None
+    layout = detect_layout(path, options["base_model"])
+    if layout.kind == "ours":
+        if given:
+            raise CheckpointError(f"{', '.join(given)} apply to original LLaVA and llava-hf checkpoints; {path} is "
+                                  "in this package's own format.")
+        return None
+    return layout
+
+
+def base_weights(layout: Layout, allow_pickle: bool) -> dict:
+    files = weight_files(layout.base_model) if layout.base_model.is_dir() else []
+    if not files:
+        raise CheckpointError(
+            f"base_model {layout.base_model} holds no model.safetensors / pytorch_model.bin (or sharded index); "
+            "give the local directory of the base language model."
+        )
+    return read_weights(files, allow_pickle, desc="Reading base shards")
+
+
+def release_weights(layout: Layout, allow_pickle: bool = False, trust_remote_code: bool = False) -> dict:
+    """The complete weights of an original release, with original key names."""
+    if layout.kind == "original":
+        weights = drop_stale_buffers(read_weights(weight_files(layout.path), allow_pickle))
+        check_not_delta(weights, layout.path)
+        return weights
+    base = drop_stale_buffers(base_weights(layout, allow_pickle))
+    if layout.kind == "original-delta":
+        delta = read_weights(weight_files(layout.path), allow_pickle, desc="Reading delta shards")
+        return apply_delta(drop_stale_buffers(delta), base, layout.path, layout.base_model)
+    if layout.kind == "original-lora":
+        return lora_release_weights(layout, base, allow_pickle, trust_remote_code)
+    return projector_release_weights(layout, base, allow_pickle)
+
+
+def release_generation_config(tokenizer, format_name: str) -> GenerationConfig:
+    """Token ids from the release's tokenizer; the `###` stop string for the v0 format."""
+    generation = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    if format_name in STOP_STRINGS:
+        generation.stop_strings = STOP_STRINGS[format_name]
+    return generation
+
+
+def convert_layout(layout: Layout, options: dict, trust_remote_code: bool = False):
+    """(our config, our state dict, generation config or None) for a foreign layout."""
+    if layout.kind == "llava-hf":
+        state = read_weights(weight_files(layout.path), options["allow_pickle"])
+        config, state = from_llava_hf(layout.config, state, layout.path)
+        has_generation = (layout.path / "generation_config.json").is_file()
+        return config, state, GenerationConfig.from_pretrained(layout.path) if has_generation else None
+    weights = release_weights(layout, options["allow_pickle"], trust_remote_code)
+    tokenizer = release_tokenizer(layout, trust_remote_code)
+    config, state = convert_original(layout, weights, tokenizer, options["vision_tower"], trust_remote_code)
+    format_name = options["conversation_format"] or release_conversation_format(layout.name, layout.config)
+    return config, state, release_generation_config(tokenizer, format_name)
+
+
+def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
+    """Registered in `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`: a model for foreign layouts, else None."""
+    options, rest = split_options(kwargs)
+    layout = foreign_layout(pretrained_model_name_or_path, options)
+    if layout is None:
+        return None
+    config, state, generation = convert_layout(layout, options, rest.get("trust_remote_code", False))
+    rest.pop("config", None)
+    model = cls.from_pretrained(None, *args, config=config, state_dict=state, **rest)
+    if generation is not None:
+        model.generation_config = generation
+    return model
+
+
+def load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs):
+    """Registered in `processing_llava.FOREIGN_PROCESSOR_LOADERS`: a processor for foreign layouts, else None."""
+    options, rest = split_options(kwargs)
+    layout = foreign_layout(pretrained_model_name_or_path, options)
+    if layout is None:
+        return None
+    format_name = options["conversation_format"]
+    trust_remote_code = rest.get("trust_remote_code", False)
+    if layout.kind == "llava-hf":
+        template = load_chat_template(format_name) if format_name else None
+        return from_llava_hf_processor(layout.path, layout.config, template, trust_remote_code=trust_remote_code)
+    tokenizer = release_tokenizer(layout, trust_remote_code)
+    return original_processor(layout, tokenizer, options["vision_tower"], format_name, trust_remote_code)
+
+
+__all__ = ["load_foreign_model", "load_foreign_processor", "release_weights", "convert_layout", "OPTIONS"]

@@ -1,0 +1,93 @@
+"""Writing a loaded LLaVA as a checkpoint directory: this package's format or llava-hf, sharded safetensors.
+
+    from transformers_llava.checkpoints.writer import save_ours, save_llava_hf
+    save_llava_hf(model, processor, "out/llava-hf", max_shard_size="5GB")   # vanilla transformers / vLLM load this
+    save_ours(model, processor, "out/ours")
+
+Weights are written shard by shard with a progress bar, tied tensors once: this package's format under the module
+names (`model.language_model.*`, ...), llava-hf under the names of the llava-hf repositories on the Hub. `save_ours`
+also writes the configuration and modeling source files, so machines without this package load the result with
+`trust_remote_code=True`.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers.dynamic_module_utils import custom_object_save
+
+from .llava_hf import file_keys, to_llava_hf, to_llava_hf_processor
+from .safe_load import SAFE_INDEX, CheckpointError
+
+
+def prepare_directory(directory: str | os.PathLike) -> Path:
+    """Create `directory`; refuse one that already holds weights (shards of two models must never mix)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", ".bin"))
+    if existing:
+        raise CheckpointError(
+            f"{directory} already holds weights ({', '.join(existing[:3])}); write into an empty directory."
+        )
+    return directory
+
+
+def write_weights(
+    state: dict[str, torch.Tensor], directory: Path, max_shard_size: int | str = "5GB", progress: bool | None = None
+) -> list[Path]:
+    """`state` as `model.safetensors` or `model-0000i-of-0000n.safetensors` + index; returns the files written."""
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    shards = split.filename_to_tensors
+    show = len(shards) > 1 if progress is None else progress
+    written = []
+    for filename, names in tqdm(shards.items(), desc="Writing shards", unit="shard", disable=not show):
+        tensors = {name: state[name].detach().to("cpu").contiguous() for name in names}
+        save_file(tensors, directory / filename, metadata={"format": "pt"})
+        written.append(directory / filename)
+    if split.is_sharded:
+        index = {"metadata": {"total_size": split.metadata["total_size"]}, "weight_map": split.tensor_to_filename}
+        (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return written
+
+
+def untied_state(model) -> dict[str, torch.Tensor]:
+    """The model's tensors with the output embedding left out when it is tied to the input embedding."""
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def save_ours(model, processor, directory, max_shard_size: int | str = "5GB", progress: bool | None = None) -> Path:
+    """This package's format: config (+ source files for `trust_remote_code`), generation config, weights, processor."""
+    directory = prepare_directory(directory)
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = str(model.dtype).removeprefix("torch.")
+    if model.is_remote_code():
+        custom_object_save(model, directory, config=model.config)
+    model.config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    write_weights(untied_state(model), directory, max_shard_size, progress)
+    if processor is not None:
+        processor.save_pretrained(directory)
+    return directory
+
+
+def save_llava_hf(model, processor, directory, max_shard_size: int | str = "5GB", progress: bool | None = None) -> Path:
+    """transformers' llava layout: `LlavaForConditionalGeneration` + `LlavaProcessor`, no code of this package."""
+    directory = prepare_directory(directory)
+    hf_config, state = to_llava_hf(model.config, untied_state(model))
+    hf_config.dtype = str(model.dtype).removeprefix("torch.")
+    hf_config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    write_weights(file_keys(state), directory, max_shard_size, progress)
+    if processor is not None:
+        to_llava_hf_processor(processor).save_pretrained(directory)
+    return directory
+
+
+__all__ = ["save_ours", "save_llava_hf", "write_weights", "prepare_directory"]
