@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -87,6 +88,16 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+def write_v15_release(root: Path, towers: "Towers", seed: int = 1, **config) -> dict[str, torch.Tensor]:
+    """llava-v1.5-7b's layout: fp16 `.bin` shards + index, mlp2x_gelu projector, no tower inside; returns weights."""
+    state = {**random_llama(towers.vocab, seed=seed), **random_projector("mlp2x_gelu", 32, 64, seed=seed + 1)}
+    state = {k: v.half() for k, v in state.items()}
+    write_bin_shards(root, state)
+    write_json(root / "config.json", release_config(towers.vocab, **config))
+    towers.tokenizer.save_pretrained(root)
+    return state
+
+
 @dataclass
 class Towers:
     """The tiny pretrained pieces every release is built from."""
@@ -103,6 +114,19 @@ class Towers:
 def make_towers(root: Path) -> Towers:
     vision_dir, text_dir = save_tiny_towers(root, image_size=32, patch_size=8, vision_hidden=32, text_hidden=64)
     return Towers(vision_dir, text_dir, AutoTokenizer.from_pretrained(text_dir))
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory) -> Towers:
+    """Fixture (import it into a test module): the tiny towers and tokenizer, once per module."""
+    return make_towers(tmp_path_factory.mktemp("towers"))
+
+
+@pytest.fixture(scope="module")
+def v15(tmp_path_factory, towers) -> tuple[Path, dict]:
+    """Fixture: a llava-v1.5-7b-layout release directory and the weights written into it."""
+    root = tmp_path_factory.mktemp("releases") / "llava-v1.5-7b"
+    return root, write_v15_release(root, towers)
 
 
 def tower_weights(vision_dir: Path) -> dict[str, torch.Tensor]:

@@ -14,11 +14,12 @@ from checkpoint_layouts import (
     CONVERSATION,
     OriginalLlava,
     assert_matches_original,
-    make_towers,
     random_llama,
     random_projector,
     release_config,
     tower_weights,
+    towers,  # noqa: F401  (fixture)
+    v15,  # noqa: F401  (fixture)
     write_bin_shards,
     write_json,
 )
@@ -40,11 +41,6 @@ def projector_part(state):
 
 
 @pytest.fixture(scope="module")
-def towers(tmp_path_factory):
-    return make_towers(tmp_path_factory.mktemp("towers"))
-
-
-@pytest.fixture(scope="module")
 def base_llm(tmp_path_factory, towers):
     """A base language model directory (LlamaForCausalLM layout, safetensors) with its tokenizer."""
     from checkpoint_layouts import llama_config
@@ -56,18 +52,6 @@ def base_llm(tmp_path_factory, towers):
     save_file(weights, root / "model.safetensors", metadata={"format": "pt"})
     towers.tokenizer.save_pretrained(root)
     return root, weights
-
-
-@pytest.fixture(scope="module")
-def v15(tmp_path_factory, towers):
-    """llava-v1.5-7b: fp16 `.bin` shards, mlp2x_gelu projector, pad-to-square, no tower weights inside."""
-    root = tmp_path_factory.mktemp("releases") / "llava-v1.5-7b"
-    state = {**random_llama(towers.vocab, seed=1), **random_projector("mlp2x_gelu", 32, 64, seed=2)}
-    state = {k: v.half() for k, v in state.items()}
-    write_bin_shards(root, state)
-    write_json(root / "config.json", release_config(towers.vocab))
-    towers.tokenizer.save_pretrained(root)
-    return root, state
 
 
 @pytest.fixture(scope="module")

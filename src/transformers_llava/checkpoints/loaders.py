@@ -111,6 +111,7 @@ def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
     config, state, generation = convert_layout(layout, options, rest.get("trust_remote_code", False))
     rest.pop("config", None)
     model = cls.from_pretrained(None, *args, config=config, state_dict=state, **rest)
+    model.config._name_or_path = os.fspath(pretrained_model_name_or_path)
     if generation is not None:
         model.generation_config = generation
     return model

@@ -10,6 +10,7 @@ also writes the configuration and modeling source files, so machines without thi
 `trust_remote_code=True`.
 """
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -65,11 +66,12 @@ def untied_state(model) -> dict[str, torch.Tensor]:
 def save_ours(model, processor, directory, max_shard_size: int | str = "5GB", progress: bool | None = None) -> Path:
     """This package's format: config (+ source files for `trust_remote_code`), generation config, weights, processor."""
     directory = prepare_directory(directory)
-    model.config.architectures = [type(model).__name__]
-    model.config.dtype = str(model.dtype).removeprefix("torch.")
+    config = copy.deepcopy(model.config)  # the saved copy gains auto_map etc.; the caller's model is left as it was
+    config.architectures = [type(model).__name__]
+    config.dtype = str(model.dtype).removeprefix("torch.")
     if model.is_remote_code():
-        custom_object_save(model, directory, config=model.config)
-    model.config.save_pretrained(directory)
+        custom_object_save(model, directory, config=config)
+    config.save_pretrained(directory)
     model.generation_config.save_pretrained(directory)
     write_weights(untied_state(model), directory, max_shard_size, progress)
     if processor is not None:
