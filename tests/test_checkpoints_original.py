@@ -26,7 +26,7 @@ from checkpoint_layouts import (
 from conftest import reference_path
 from safetensors.torch import save_file
 
-from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
+from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor, load_chat_template
 from transformers_llava.checkpoints.templates import conversation_format
 
 LLAMA_ONLY = re.compile(r"^(model\.(embed_tokens|layers|norm)\.|lm_head\.)")
@@ -249,3 +249,20 @@ def test_image_start_end_wraps_the_v0_prompt(v1, towers, tmp_path):
     assert processor.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=False) == expected
     as_text = [{"role": "user", "content": "<image>\nWhat is this?"}, *CONVERSATION[1:]]
     assert processor.apply_chat_template(as_text, add_generation_prompt=True, tokenize=False) == expected
+
+
+def test_release_by_hub_name_from_the_cache(v1, towers, tmp_path):
+    """`org/name` resolves through the Hugging Face cache (offline here); the repository name picks the format."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--liuhaotian--llava-llama-2-13b-chat-lightning-preview"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(v1[0], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    hub = dict(cache_dir=tmp_path / "hub", local_files_only=True, vision_tower=towers.vision_dir)
+    name = "liuhaotian/llava-llama-2-13b-chat-lightning-preview"
+    model = LlavaForConditionalGeneration.from_pretrained(name, **hub)
+    processor = LlavaProcessor.from_pretrained(name, **hub)
+    assert model.config.projector_type == "linear"
+    assert processor.chat_template == load_chat_template("llava_llama_2")

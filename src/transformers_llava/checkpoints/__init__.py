@@ -8,7 +8,7 @@ Importing `transformers_llava` imports this package, which registers its loaders
     processor = LlavaProcessor.from_pretrained("llava-v1.5-7b", vision_tower="clip-vit-large-patch14-336")
 
     from transformers_llava.checkpoints import save_llava_hf
-    save_llava_hf(model, processor, "llava-v1.5-7b-hf")   # loads in vanilla transformers, vLLM, SGLang, TGI
+    save_llava_hf(model, processor, "llava-v1.5-7b-hf")   # vanilla transformers loads it; llava-hf layout
 
 Command line: `transformers-llava convert SRC DST --to llava-hf` (see `checkpoints/cli.py`).
 """

@@ -7,8 +7,8 @@
 
 SRC may be in any layout `detect_layout` knows (this package's, llava-hf, an original release, delta, LoRA,
 projector-only); DST is written as safetensors shards with a progress bar. llava-hf output loads in vanilla
-transformers (`LlavaForConditionalGeneration`), vLLM, SGLang and TGI; ours loads with this package or with
-`trust_remote_code=True`.
+transformers (`LlavaForConditionalGeneration`) and has the layout of the llava-hf Hub repositories that vLLM, SGLang
+and TGI read; ours loads with this package or with `trust_remote_code=True`.
 """
 
 import argparse
@@ -18,6 +18,7 @@ import time
 import torch
 
 from .detect import detect_layout
+from .hub import resolve_directory
 from .safe_load import CheckpointError
 from .writer import save_llava_hf, save_ours
 
@@ -27,10 +28,11 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "b
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transformers-llava convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="checkpoint directory in any supported layout")
+    parser.add_argument("src", help="checkpoint directory or Hub repository in any supported layout")
     parser.add_argument("dst", help="output directory (created; must hold no weights yet)")
     parser.add_argument("--to", required=True, choices=sorted(WRITERS), help="output layout")
-    parser.add_argument("--base-model", help="base language model of a delta / LoRA / projector-only release")
+    parser.add_argument("--base-model", help="base language model (directory or Hub repository) of a delta / LoRA / "
+                        "projector-only release")
     parser.add_argument("--vision-tower", help="local copy of the CLIP tower an original release names")
     parser.add_argument("--conversation-format", help="override the chat template (llava_v0, llava_v1, ...)")
     parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
@@ -45,7 +47,10 @@ def load_source(args):
     """(model, processor or None, detected layout kind) for the source directory."""
     from .. import LlavaForConditionalGeneration, LlavaProcessor
 
-    kind = detect_layout(args.src, args.base_model).kind
+    directory = resolve_directory(args.src, {})
+    if directory is None:
+        raise CheckpointError(f"{args.src} is neither a local directory nor a Hub repository that could be fetched.")
+    kind = detect_layout(directory, args.base_model).kind
     options = dict(base_model=args.base_model, vision_tower=args.vision_tower,
                    conversation_format=args.conversation_format, trust_remote_code=args.trust_remote_code)
     if kind != "ours":

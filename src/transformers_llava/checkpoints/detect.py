@@ -39,11 +39,12 @@ class Layout:
     path: Path
     config: dict
     base_model: Path | None = None
+    release_name: str | None = None
 
     @property
     def name(self) -> str:
-        """The release name (its directory name): the original code chose the conversation format from it."""
-        return self.path.absolute().name
+        """The release name (repository or directory name): the original code chose the conversation format by it."""
+        return self.release_name or self.path.absolute().name
 
     @property
     def is_original(self) -> bool:
@@ -58,8 +59,18 @@ def is_llava_hf_config(config: dict) -> bool:
     return config.get("model_type") == "llava" and ("vision_config" in config or "text_config" in config)
 
 
-def detect_layout(path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> Layout:
-    """The layout of a local checkpoint directory; raises `UnknownLayoutError` saying what was expected."""
+def is_foreign_config(config: dict) -> bool:
+    """A config.json of a layout this package converts (llava-hf or an original release)."""
+    return is_llava_hf_config(config) or is_original_config(config)
+
+
+def detect_layout(
+    path: str | os.PathLike, base_model: str | os.PathLike | None = None, name: str | None = None
+) -> Layout:
+    """The layout of a local checkpoint directory; raises `UnknownLayoutError` saying what was expected.
+
+    `name` is the release name when the directory's own name is not (a Hub snapshot is named by its commit).
+    """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; checkpoints are read from local directories.")
@@ -88,7 +99,7 @@ def detect_layout(path: str | os.PathLike, base_model: str | os.PathLike | None 
             f"base_model={os.fspath(base_model)!r} applies to original LLaVA delta, LoRA and projector-only releases; "
             f"{path} is a complete {kind} checkpoint."
         )
-    return Layout(kind, path, config, Path(base_model) if base_model is not None else None)
+    return Layout(kind, path, config, Path(base_model) if base_model is not None else None, name)
 
 
 def _check_original_supported(path: Path, config: dict) -> None:
@@ -158,4 +169,4 @@ def unexpected_keys_error(source, unexpected: list[str], expected: list[str]) ->
     )
 
 
-__all__ = ["Layout", "detect_layout", "UnknownLayoutError", "KINDS", "unexpected_keys_error"]
+__all__ = ["Layout", "detect_layout", "is_foreign_config", "UnknownLayoutError", "KINDS", "unexpected_keys_error"]

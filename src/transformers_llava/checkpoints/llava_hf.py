@@ -152,7 +152,7 @@ def to_llava_hf_processor(processor: TransformersLlavaProcessor) -> HFLlavaProce
     """Our processor as transformers' `LlavaProcessor` (pad-to-square becomes the built-in `do_pad`)."""
     ours = processor.image_processor
     settings = {key: getattr(ours, key) for key in _IMAGE_SETTINGS if getattr(ours, key, None) is not None}
-    image_processor = LlavaImageProcessorPil(**settings, do_pad=ours.image_aspect_ratio == "pad")
+    image_processor = LlavaImageProcessorPil(**settings, do_pad=getattr(ours, "image_aspect_ratio", "square") == "pad")
     return HFLlavaProcessor(
         image_processor=image_processor,
         tokenizer=processor.tokenizer,
@@ -186,4 +186,4 @@ def from_llava_hf_processor(path, model_config: dict, chat_template=None, **kwar
     )
 
 
-__all__ = ["to_llava_hf", "from_llava_hf", "file_keys", "to_llava_hf_processor", "from_llava_hf_processor", "EXTRA_KEY"]
+__all__ = ["to_llava_hf", "from_llava_hf", "file_keys", "to_llava_hf_processor", "from_llava_hf_processor"]

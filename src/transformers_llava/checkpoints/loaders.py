@@ -10,17 +10,20 @@ Extra keyword arguments, for foreign layouts only: `base_model` (the language mo
 release applies to), `vision_tower` (a local copy of the CLIP tower named by `mm_vision_tower`),
 `conversation_format` (override the chat template chosen from the release name), `allow_pickle` (trust `.bin` files
 that need more than plain tensors). Everything else (`dtype`, `device_map`, `attn_implementation`, ...) goes to
-transformers' own loader, which receives the converted config and weights. Local directories only; this package's own
-format and Hub names take transformers' usual path.
+transformers' own loader, which receives the converted config and weights. `path` and `base_model` may be local
+directories or Hub repositories (config.json is read first; the snapshot is fetched only for a foreign layout);
+this package's own format takes transformers' usual path.
 """
 
 import os
+from pathlib import Path
 
 from transformers import GenerationConfig
 
 from ..chat_templates import STOP_STRINGS, load_chat_template
 from .delta import apply_delta, check_not_delta
-from .detect import Layout, detect_layout
+from .detect import Layout, detect_layout, is_foreign_config
+from .hub import hub_arguments, resolve_directory
 from .llava_hf import from_llava_hf, from_llava_hf_processor
 from .lora_release import lora_release_weights, projector_release_weights
 from .original import convert_original, drop_stale_buffers, original_processor, release_tokenizer
@@ -37,19 +40,26 @@ def split_options(kwargs: dict) -> tuple[dict, dict]:
     return options, kwargs
 
 
-def foreign_layout(path, options: dict) -> Layout | None:
-    """The layout of `path` when it is a foreign one; None for this package's format and non-local names."""
+def foreign_layout(path, options: dict, hub: dict) -> Layout | None:
+    """The layout of `path` when it is a foreign one (a local directory or a Hub repository); None otherwise."""
     given = [name for name in ("base_model", "vision_tower", "conversation_format") if options[name] is not None]
-    if path is None or not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+    local = isinstance(path, (str, os.PathLike)) and resolve_directory(path, hub, wanted=is_foreign_config)
+    if not local:
         if given and path is not None:
-            raise CheckpointError(f"{', '.join(given)} given but {path} is not a local checkpoint directory.")
+            raise CheckpointError(f"{', '.join(given)} given but {path} is neither a local checkpoint directory nor "
+                                  "a Hub repository of an original LLaVA or llava-hf checkpoint.")
         return None
-    layout = detect_layout(path, options["base_model"])
+    layout = detect_layout(local, options["base_model"], name=Path(os.fspath(path)).name or None)
     if layout.kind == "ours":
         if given:
             raise CheckpointError(f"{', '.join(given)} apply to original LLaVA and llava-hf checkpoints; {path} is "
                                   "in this package's own format.")
         return None
+    if layout.base_model is not None:
+        layout.base_model = resolve_directory(options["base_model"], hub)
+        if layout.base_model is None:
+            raise CheckpointError(f"base_model={str(options['base_model'])!r} is neither a local directory nor a Hub "
+                                  "repository that could be fetched.")
     return layout
 
 
@@ -105,7 +115,7 @@ def convert_layout(layout: Layout, options: dict, trust_remote_code: bool = Fals
 def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
     """Registered in `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`: a model for foreign layouts, else None."""
     options, rest = split_options(kwargs)
-    layout = foreign_layout(pretrained_model_name_or_path, options)
+    layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest))
     if layout is None:
         return None
     config, state, generation = convert_layout(layout, options, rest.get("trust_remote_code", False))
@@ -120,7 +130,7 @@ def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
 def load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs):
     """Registered in `processing_llava.FOREIGN_PROCESSOR_LOADERS`: a processor for foreign layouts, else None."""
     options, rest = split_options(kwargs)
-    layout = foreign_layout(pretrained_model_name_or_path, options)
+    layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest))
     if layout is None:
         return None
     format_name = options["conversation_format"]

@@ -127,7 +127,11 @@ def release_tokenizer(layout: Layout, trust_remote_code: bool = False):
     source = layout.path
     if not any((layout.path / name).is_file() for name in TOKENIZER_FILES) and layout.base_model is not None:
         source = layout.base_model
-    tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", trust_remote_code=trust_remote_code)
+    # The language model's config, not the flat LLaVA one transformers would misread as its own llava's.
+    config = text_config(layout.config, layout.config.get("vocab_size", 32000))
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, config=config, padding_side="left", trust_remote_code=trust_remote_code
+    )
     return prepare_tokenizer(tokenizer, layout.config)
 
 

@@ -1,7 +1,7 @@
 """Writing a loaded LLaVA as a checkpoint directory: this package's format or llava-hf, sharded safetensors.
 
     from transformers_llava.checkpoints.writer import save_ours, save_llava_hf
-    save_llava_hf(model, processor, "out/llava-hf", max_shard_size="5GB")   # vanilla transformers / vLLM load this
+    save_llava_hf(model, processor, "out/llava-hf", max_shard_size="5GB")   # vanilla transformers loads this
     save_ours(model, processor, "out/ours")
 
 Weights are written shard by shard with a progress bar, tied tensors once: this package's format under the module
