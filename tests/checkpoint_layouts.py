@@ -241,3 +241,28 @@ def assert_matches_original(model, processor, reference: OriginalLlava, original
                                        new_tokens)[0].tolist()
     assert ours_tokens == builtin_tokens == original_tokens
     return inputs
+
+
+def write_sentencepiece_tokenizer(directory: Path, corpus: list[str], vocab_size: int = 400):
+    """tokenizer.model + tokenizer_config.json as the original releases ship them (a slow LlamaTokenizer), trained
+    in-process with LLaMA's SentencePiece settings; returns the SentencePieceProcessor (needs `sentencepiece`)."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus * 3), model_writer=model, vocab_size=vocab_size, model_type="bpe", unk_id=0,
+        bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, character_coverage=1.0, add_dummy_prefix=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
+        allow_whitespace_only_pieces=True, minloglevel=2,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    write_json(directory / "tokenizer_config.json", {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": None, "clean_up_tokenization_spaces": False, "legacy": False, "model_max_length": 2048,
+        "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
+    })
+    write_json(directory / "special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                                                       "pad_token": "<unk>"})
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())

@@ -266,3 +266,23 @@ def test_release_by_hub_name_from_the_cache(v1, towers, tmp_path):
     processor = LlavaProcessor.from_pretrained(name, **hub)
     assert model.config.projector_type == "linear"
     assert processor.chat_template == load_chat_template("llava_llama_2")
+
+
+def test_release_with_its_sentencepiece_tokenizer(tmp_path, towers):
+    """The releases ship tokenizer.model (a slow LlamaTokenizer), not tokenizer.json."""
+    from checkpoint_layouts import write_sentencepiece_tokenizer
+
+    from transformers_llava.tiny import BASE_CORPUS
+
+    root = tmp_path / "llava-v1.5-7b"
+    sentencepiece = write_sentencepiece_tokenizer(root, BASE_CORPUS)
+    vocab = sentencepiece.get_piece_size()
+    state = {**random_llama(vocab, seed=60), **random_projector("mlp2x_gelu", 32, 64, seed=61)}
+    write_bin_shards(root, state)
+    write_json(root / "config.json", release_config(vocab, torch_dtype="float32"))
+    model = LlavaForConditionalGeneration.from_pretrained(root, vision_tower=towers.vision_dir).eval()
+    processor = LlavaProcessor.from_pretrained(root, vision_tower=towers.vision_dir)
+    text = "What is this? ASSISTANT: A cat.\nColor?"
+    assert processor(text=[text])["input_ids"][0] == [1] + sentencepiece.encode(text)
+    reference = OriginalLlava(llm_part(state), projector_part(state), towers.vision_dir)
+    assert_matches_original(model, processor, reference, vocab)
