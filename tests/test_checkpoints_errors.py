@@ -138,6 +138,15 @@ def test_delta_without_its_base_is_refused(tmp_path, towers):
         load(release, vision_tower=towers.vision_dir)
 
 
+def test_complete_weights_given_a_base_are_refused(release, towers, tmp_path):
+    base = tmp_path / "llama-base"
+    base.mkdir()
+    save_file(layouts.random_llama(towers.vocab, 53), base / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"base_model was given, but .*llava-v1\.5-7b holds complete weights, not "
+                                              r"a delta: model\.norm\.weight averages \|w\| = 1\.\d+"):
+        load(release, base_model=base, vision_tower=towers.vision_dir)
+
+
 def test_lora_release_without_base_names_the_adapters_base(tmp_path, towers):
     root = tmp_path / "llava-v1.5-7b-lora"
     root.mkdir()

@@ -107,7 +107,9 @@ def test_v0_delta_with_image_start_end_tokens_end_to_end(tmp_path, towers):
     save_file(base, base_dir / "model.safetensors")
     tokenizer = towers.tokenizer.__class__.from_pretrained(towers.text_dir)
     tokenizer.add_tokens(["<im_patch>", "<im_start>", "<im_end>"], special_tokens=True)
-    target = random_llama(len(tokenizer), seed=11)
+    target = random_llama(len(tokenizer), seed=11)  # the trained model: base + small updates, plus new token rows
+    for key, tensor in base.items():
+        target[key][tuple(slice(0, n) for n in tensor.shape)] = tensor + 0.02 * torch.randn_like(tensor)
     delta = {}
     for key, tensor in target.items():
         delta[key] = tensor.clone()

@@ -7,7 +7,8 @@ As in the original `apply_delta.py`: every delta tensor except the projector has
 except the token embeddings and `lm_head`, whose delta has extra rows for the added tokens (`<im_patch>`, ...); the
 base fills the leading rows. A base of another size or vocabulary is refused, naming the tensor and both shapes,
 before anything is added. Without a base, weights that look like a delta (final RMSNorm weights near 0 instead of
-near 1) are refused too: loading them as a model would silently give garbage.
+near 1) are refused too: loading them as a model would silently give garbage; and so are complete weights given
+with a base.
 """
 
 import torch
@@ -17,13 +18,14 @@ from .vocab import EMBED_KEY, HEAD_KEY
 
 PROJECTOR_PREFIX = "model.mm_projector."
 NORM_KEY = "model.norm.weight"
-DELTA_NORM_THRESHOLD = 0.1  # trained LLaMA final-norm weights average ~1-2 in magnitude; deltas are ~0
+DELTA_NORM_THRESHOLD = 0.5  # trained LLaMA final-norm weights average ~1-2 in magnitude; deltas are ~0
 
 
 def apply_delta(
     delta: dict[str, torch.Tensor], base: dict[str, torch.Tensor], delta_name: str, base_name: str
 ) -> dict[str, torch.Tensor]:
     """The target weights (original key names); `delta` and `base` are left unchanged."""
+    check_is_delta(delta, delta_name)
     check_delta_fits(delta, base, delta_name, base_name)
     target = {}
     for key, tensor in delta.items():
@@ -66,17 +68,30 @@ def check_delta_fits(delta: dict, base: dict, delta_name: str, base_name: str) -
         )
 
 
-def check_not_delta(state_dict: dict[str, torch.Tensor], name: str) -> None:
-    """Refuse weights whose final RMSNorm is near 0: a delta loaded without its base."""
+def norm_magnitude(state_dict: dict[str, torch.Tensor]) -> float | None:
+    """Mean |w| of the final RMSNorm: ~1 or more in a trained model, ~0 in a delta."""
     norm = state_dict.get(NORM_KEY)
-    if norm is None:
-        return
-    magnitude = norm.float().abs().mean().item()
-    if magnitude < DELTA_NORM_THRESHOLD:
+    return None if norm is None else norm.float().abs().mean().item()
+
+
+def check_not_delta(state_dict: dict[str, torch.Tensor], name) -> None:
+    """Refuse weights whose final RMSNorm is near 0: a delta loaded without its base."""
+    magnitude = norm_magnitude(state_dict)
+    if magnitude is not None and magnitude < DELTA_NORM_THRESHOLD:
         raise CheckpointError(
             f"{name} looks like delta weights: {NORM_KEY} averages |w| = {magnitude:.4f}, while a trained model's "
             "is ~1. Pass base_model='path/to/llama' (CLI: --base-model) to apply the delta to its base LLaMA."
         )
 
 
-__all__ = ["apply_delta", "check_delta_fits", "check_not_delta"]
+def check_is_delta(state_dict: dict[str, torch.Tensor], name) -> None:
+    """Refuse complete weights given as a delta: adding a base to them would silently double the model."""
+    magnitude = norm_magnitude(state_dict)
+    if magnitude is not None and magnitude >= DELTA_NORM_THRESHOLD:
+        raise CheckpointError(
+            f"base_model was given, but {name} holds complete weights, not a delta: {NORM_KEY} averages "
+            f"|w| = {magnitude:.4f} (a delta's is ~0). Load it without base_model."
+        )
+
+
+__all__ = ["apply_delta", "check_delta_fits", "check_not_delta", "check_is_delta"]
