@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..chat_templates import FORMATS
 from .detect import detect_layout
 from .hub import resolve_directory
 from .safe_load import CheckpointError
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", help="base language model (directory or Hub repository) of a delta / LoRA / "
                         "projector-only release")
     parser.add_argument("--vision-tower", help="local copy of the CLIP tower an original release names")
-    parser.add_argument("--conversation-format", help="override the chat template (llava_v0, llava_v1, ...)")
+    parser.add_argument("--conversation-format", choices=FORMATS, help="override the chat template of the release")
     parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
     parser.add_argument("--allow-pickle", action="store_true",

@@ -68,7 +68,7 @@ def base_weights(layout: Layout, allow_pickle: bool) -> dict:
     if not files:
         raise CheckpointError(
             f"base_model {layout.base_model} holds no model.safetensors / pytorch_model.bin (or sharded index); "
-            "give the local directory of the base language model."
+            "give the directory or Hub repository of the base language model."
         )
     return read_weights(files, allow_pickle, desc="Reading base shards")
 
