@@ -165,3 +165,56 @@ def test_complement_uses_ours_only_where_the_judge_gave_no_answer(test_problems)
     assert result["judge_failed"] == 1
     assert result["results"] == {"4": 1, "11": 0, "15": 0, "27": 0, "42": 2, "3247": 0}
     assert disagreements(test_problems, ours, judge) == ["11", "42"]
+
+
+def test_cli_convert_then_score_writes_result_and_table7(tmp_path, capsys):
+    from transformers_llava.evaluation.cli import main
+
+    assert main(["scienceqa", "convert", "--base-dir", str(FIXTURES), "--split", "test", "--output",
+                 str(tmp_path / "llava_test.json")]) == 0
+    records = json.loads((tmp_path / "llava_test.json").read_text())
+    assert [r["id"] for r in records] == ["4", "11", "15", "27", "42", "3247"]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": r["id"], "text": "x\n The answer is A."}) + "\n"
+                               for r in records))
+    assert main(["scienceqa", "score", "--base-dir", str(FIXTURES), "--answers", str(answers), "--output",
+                 str(tmp_path / "result.json"), "--markdown", str(tmp_path / "table7.md")]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (result["correct"], result["count"]) == (2, 6)             # pids 27 and 3247 have answer A
+    assert result["table7"]["NO"] == {"acc": pytest.approx(100 / 3), "correct": 1, "count": 3}
+    assert (tmp_path / "table7.md").read_text().splitlines()[2] == (
+        "| LLaVA | 50.00 | 0.00 | 33.33 | 50.00 | 50.00 | 33.33 | 50.00 | 0.00 | 33.33 |")
+
+
+def test_judge_scheme_requeries_disagreements_over_http_and_resumes(tmp_path, test_problems):
+    from openai_server import OpenAIServer, Status
+
+    from transformers_llava.evaluation.cli import main
+
+    ours = {pid: "The answer is A." for pid in test_problems}
+    theirs = dict(ours, **{"4": "The answer is B.", "42": "The answer is C.", "11": "No idea."})
+    for name, outputs in (("ours.json", ours), ("theirs.json", theirs)):
+        (tmp_path / name).write_text(json.dumps({"outputs": outputs}))
+
+    def final_answer(request):                  # the re-query shows the question: pick B for pid 4, nothing for 42
+        content = request.body["messages"][-1]["content"]
+        return "Answer 2 is right. The answer is B." if "figure of speech" in content else "I am unsure."
+
+    argv = ["scienceqa", "combine", "--scheme", "judge", "--base-dir", str(FIXTURES), "--answers",
+            str(tmp_path / "ours.json"), "--judge-outputs", str(tmp_path / "theirs.json"), "--requery",
+            str(tmp_path / "requery.jsonl"), "--output", str(tmp_path / "combined.json"), "--judge-model", "judge",
+            "--judge-backoff", "0"]
+    with OpenAIServer(final_answer) as server:
+        argv += ["--judge-base-url", server.base_url]
+        server.inject(Status(500))
+        assert main([*argv, "--judge-max-retries", "0"]) == 1      # the judge is down: stop, keep what was asked
+        assert not (tmp_path / "requery.jsonl").read_text()
+        server.inject(Status(503))
+        assert main(argv) == 0
+        assert len(server.requests) == 1 + 1 + 2     # the 500, one 503 retried, then pids 4 and 42
+        assert "Answer 1:\nThe answer is A.\n\nAnswer 2:\nThe answer is B." in server.requests[2].body["messages"][1]["content"]
+        assert main(argv) == 0
+        assert len(server.requests) == 4             # everything was already asked
+    result = json.loads((tmp_path / "combined.json").read_text())
+    assert result["results"] == {"4": 1, "11": 0, "15": 0, "27": 0, "42": 0, "3247": 0}
+    assert (result["requeried"], result["requery_failed"], result["correct"]) == (2, 1, 3)
