@@ -122,9 +122,14 @@ def test_lora_training_moves_adapters_and_projector_only(tiny, shapes, tmp_path)
     assert any(not torch.equal(base_before[n], after[n]) for n in base_before if "self_attn.q_proj" in n)
 
 
-def test_max_length_that_could_cut_images_is_refused(tiny, shapes, tmp_path):
+def test_stock_sft_trainer_with_trls_own_collator(tiny, shapes, tmp_path):
+    """No helper from this package in the loop: the processor's templates are enough for assistant_only_loss."""
+    from trl import SFTTrainer
+
     model, processor = tiny
-    bad = args(tmp_path)
-    bad.max_length = 1024
-    with pytest.raises(ValueError, match="max_length=1024 would let the collator truncate"):
-        make_trainer(model, processor, shapes, bad, stage="stage2")
+    config = args(tmp_path)
+    config.max_length = None
+    before = model.model.multi_modal_projector.linear_1.weight.clone()
+    SFTTrainer(model=prepare_stage(model, "stage2"), args=config, train_dataset=shapes,
+               processing_class=processor).train()
+    assert not torch.equal(before, model.model.multi_modal_projector.linear_1.weight)

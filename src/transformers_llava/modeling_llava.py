@@ -287,8 +287,12 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        loss_only: bool = False,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
+        """`loss_only=True` (training) evaluates the LM head only at positions whose next token is supervised and
+        returns the loss without logits: image, prompt and padding positions never reach the vocabulary matmul."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None) if loss_only else None
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -302,6 +306,16 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
             **kwargs,
         )
         hidden = outputs.last_hidden_state  # [B, L, D_llm]
+        if loss_only:
+            if labels is None:
+                raise ValueError("loss_only=True needs labels.")
+            targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
+            keep = targets != -100
+            logits = self.lm_head(hidden[:, :-1][keep]).float()  # [N_supervised, V]
+            denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+            loss = nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / denominator
+            return LlavaCausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values,
+                                               image_hidden_states=outputs.image_hidden_states)
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         else:
