@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from transformers_llava import PACKED_SDPA
+from transformers_llava.packed_attention import packed_segments
 from transformers_llava.training.collator import LlavaDataCollator
 from transformers_llava.training.data import load_llava_json
 
@@ -49,8 +51,10 @@ def per_sample_losses(model, batch, lengths=None):
     return [row[a:b - 1][mask[a:b - 1]].mean() for a, b in zip(starts[:-1], starts[1:])]
 
 
-def test_padding_free_gives_each_sample_its_padded_loss(tiny, dataset):
+@pytest.mark.parametrize("attention", ["sdpa", PACKED_SDPA])
+def test_padding_free_gives_each_sample_its_padded_loss(tiny, dataset, attention):
     model, processor = tiny
+    model.set_attn_implementation({"text_config": attention})
     padded = LlavaDataCollator(processor)(dataset)
     packed = LlavaDataCollator(processor, padding_free=True)(dataset)
     assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
@@ -88,3 +92,23 @@ def test_image_count_mismatch_names_the_sample(tiny, dataset):
     broken = dict(dataset[0], images=dataset[0]["images"] * 2)
     with pytest.raises(ValueError, match=r"Sample s0: 2 image\(s\) but 1 image part"):
         LlavaDataCollator(processor)([broken])
+
+
+def test_packed_segments_are_found_from_positions():
+    assert packed_segments(torch.tensor([[0, 1, 2, 0, 1, 0]]), 6) == [(0, 3), (3, 5), (5, 6)]
+    assert packed_segments(torch.tensor([[0, 1, 2, 3]]), 4) is None  # one sample: plain causal attention
+    assert packed_segments(torch.tensor([[0, 1], [0, 1]]), 2) is None  # a padded batch, not a packed row
+
+
+def test_padding_free_training_through_sft_trainer(tiny, dataset, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from transformers_llava.training.trainer import make_trainer
+
+    model, processor = tiny
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=5, max_steps=2, report_to=[],
+                     save_strategy="no", use_cpu=True, disable_tqdm=True, gradient_checkpointing=False)
+    trainer = make_trainer(model, processor, Dataset.from_list(dataset), args, stage="stage2", padding_free=True)
+    assert model.config.text_config._attn_implementation == PACKED_SDPA
+    assert trainer.train().training_loss > 0

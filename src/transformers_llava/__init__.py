@@ -30,6 +30,7 @@ from .modeling_llava import (
     TransformersLlavaModel,
     TransformersLlavaPreTrainedModel,
 )
+from .packed_attention import PACKED_SDPA
 from .processing_llava import TransformersLlavaProcessor
 
 __version__ = "0.1.0"
@@ -74,4 +75,5 @@ __all__ = [
     "PRESETS",
     "build_llava",
     "load_chat_template",
+    "PACKED_SDPA",
 ]

@@ -74,10 +74,10 @@ def draw(scene: Scene, rng: random.Random, size: int = 32, blank: bool = False) 
 
 
 def conversation(scene: Scene, rng: random.Random) -> list[dict]:
-    """2-3 question/answer turns about the image, `<image>` opening the first question."""
+    """A question/answer turn for every kind that applies, in random order, `<image>` opening the first."""
     kinds = ["color", "shape", "count"] + (["side"] if scene.side else [])
     turns = []
-    for index, kind in enumerate(rng.sample(kinds, rng.randint(2, 3))):
+    for index, kind in enumerate(rng.sample(kinds, len(kinds))):
         question = rng.choice(QUESTIONS[kind])
         turns.append({"from": "human", "value": ("<image>\n" if index == 0 else "") + question})
         turns.append({"from": "gpt", "value": scene.answer(kind).capitalize() + "."})

@@ -13,6 +13,7 @@ truncated through image tokens. Everything else is plain `SFTTrainer`.
 from trl import SFTConfig, SFTTrainer
 
 from ..chat_templates import load_chat_template
+from ..packed_attention import PACKED_SDPA
 from .collator import LlavaDataCollator
 from .stages import ProjectorLearningRate, prepare_stage, trainable_parameters
 
@@ -49,6 +50,8 @@ def make_trainer(
 
     `chat_template` names a conversation format to train with (e.g. `plain` for stage 1, as in the released code)
     without changing the processor's own; `padding_free` packs each batch into one row."""
+    if padding_free:  # per-sample causal attention inside packed rows: Σ L_i² work, no (ΣL)² mask
+        model.set_attn_implementation({"text_config": PACKED_SDPA})
     model = prepare_stage(model, stage, lora=lora)
     print(f"{stage}: trainable parameters\n{trainable_parameters(model)}")
     collator = LlavaDataCollator(processor, padding_free=padding_free,
