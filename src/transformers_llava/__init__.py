@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from .builder import build_llava
+from .chat import LlavaChat
 from .chat_templates import load_chat_template
 from .configuration_llava import MODEL_TYPE, PRESETS, TransformersLlavaConfig
 from .image_processing_llava import ImageLoadError, TransformersLlavaImageProcessor
@@ -74,6 +75,7 @@ __all__ = [
     "ImageLoadError",
     "PRESETS",
     "build_llava",
+    "LlavaChat",
     "load_chat_template",
     "PACKED_SDPA",
 ]
