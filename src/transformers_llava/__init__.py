@@ -20,10 +20,9 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
 )
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
 
 from .builder import build_llava
+from .chat import LlavaChat
 from .chat_templates import load_chat_template
 from .configuration_llava import MODEL_TYPE, PRESETS, TransformersLlavaConfig
 from .image_processing_llava import ImageLoadError, TransformersLlavaImageProcessor
@@ -32,6 +31,7 @@ from .modeling_llava import (
     TransformersLlavaModel,
     TransformersLlavaPreTrainedModel,
 )
+from .packed_attention import PACKED_SDPA
 from .processing_llava import TransformersLlavaProcessor
 
 __version__ = "0.1.0"
@@ -54,18 +54,6 @@ def _register() -> None:
         TransformersLlavaConfig, image_processor_classes={"pil": TransformersLlavaImageProcessor}, exist_ok=True
     )
     AutoProcessor.register(TransformersLlavaConfig, TransformersLlavaProcessor, exist_ok=True)
-    # Checkpoints in transformers' older llava layout (`language_model.lm_head`, top-level `vision_tower`, ...)
-    # load into ours; without this mapping a non-built-in class would silently drop `lm_head.weight`.
-    register_checkpoint_conversion_mapping(
-        MODEL_TYPE,
-        [
-            WeightRenaming(source_patterns=r"^language_model.lm_head", target_patterns="lm_head"),
-            WeightRenaming(source_patterns=r"^language_model.model", target_patterns="model.language_model"),
-            WeightRenaming(source_patterns=r"^vision_tower", target_patterns="model.vision_tower"),
-            WeightRenaming(source_patterns=r"^multi_modal_projector", target_patterns="model.multi_modal_projector"),
-        ],
-        overwrite=True,
-    )
     # Saved checkpoints carry `auto_map` and these classes' source files, so machines without this package can
     # load them with `trust_remote_code=True`.
     TransformersLlavaConfig.register_for_auto_class("AutoConfig")
@@ -89,5 +77,7 @@ __all__ = [
     "ImageLoadError",
     "PRESETS",
     "build_llava",
+    "LlavaChat",
     "load_chat_template",
+    "PACKED_SDPA",
 ]

@@ -154,5 +154,13 @@ class TransformersLlavaConfig(PreTrainedConfig):
     def num_feature_layers(self) -> int:
         return 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
 
+# Loaded as a checkpoint's remote code (`trust_remote_code=True`) on a machine where transformers-llava is
+# installed: the installed package is used, so one process never mixes two versions of these classes.
+if not __name__.startswith("transformers_llava."):
+    try:
+        from transformers_llava.configuration_llava import TransformersLlavaConfig  # noqa: F811
+    except ImportError:
+        pass
+
 
 __all__ = ["TransformersLlavaConfig", "PRESETS", "MODEL_TYPE"]

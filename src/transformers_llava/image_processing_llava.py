@@ -138,5 +138,13 @@ class TransformersLlavaImageProcessor(CLIPImageProcessorPil):
             images = [pad_to_square(image, mean_color(mean)) for image in images]
         return super()._preprocess(images, *args, **kwargs)
 
+# Loaded as a checkpoint's remote code (`trust_remote_code=True`) on a machine where transformers-llava is
+# installed: the installed package is used, so one process never mixes two versions of these classes.
+if not __name__.startswith("transformers_llava."):
+    try:
+        from transformers_llava.image_processing_llava import TransformersLlavaImageProcessor  # noqa: F811
+    except ImportError:
+        pass
+
 
 __all__ = ["TransformersLlavaImageProcessor", "ImageLoadError", "open_image", "to_rgb", "pad_to_square"]

@@ -17,9 +17,26 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 
-from .configuration_llava import TransformersLlavaConfig, projector_depth
+from .configuration_llava import MODEL_TYPE, TransformersLlavaConfig, projector_depth
+
+# transformers writes llava checkpoints in its older layout (`language_model.model.*`, `language_model.lm_head`,
+# top-level `vision_tower` / `multi_modal_projector`) and renames them on load. A model type outside transformers
+# gets those renames only when registered, else `lm_head.weight` and the LLM are silently re-initialised. It is
+# registered here, not in the package, so that remote-code copies of this file load their checkpoints too.
+register_checkpoint_conversion_mapping(
+    MODEL_TYPE,
+    [
+        WeightRenaming(source_patterns=r"^language_model.lm_head", target_patterns="lm_head"),
+        WeightRenaming(source_patterns=r"^language_model.model", target_patterns="model.language_model"),
+        WeightRenaming(source_patterns=r"^vision_tower", target_patterns="model.vision_tower"),
+        WeightRenaming(source_patterns=r"^multi_modal_projector", target_patterns="model.multi_modal_projector"),
+    ],
+    overwrite=True,
+)
 
 # Loaders for checkpoints in other layouts (the original LLaVA releases, llava-hf). The installed package appends
 # to this list; each takes `(cls, path, *args, **kwargs)` and returns a model, or None when the path is not its
@@ -236,6 +253,12 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
                 return model
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also map `AutoModel` (the backbone) in the saved `auto_map`, for loading without the package."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                "AutoModel": "modeling_llava.TransformersLlavaModel"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
@@ -264,8 +287,12 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        loss_only: bool = False,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
+        """`loss_only=True` (training) evaluates the LM head only at positions whose next token is supervised and
+        returns the loss without logits: image, prompt and padding positions never reach the vocabulary matmul."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None) if loss_only else None
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -279,6 +306,16 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
             **kwargs,
         )
         hidden = outputs.last_hidden_state  # [B, L, D_llm]
+        if loss_only:
+            if labels is None:
+                raise ValueError("loss_only=True needs labels.")
+            targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
+            keep = targets != -100
+            logits = self.lm_head(hidden[:, :-1][keep]).float()  # [N_supervised, V]
+            denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+            loss = nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / denominator
+            return LlavaCausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values,
+                                               image_hidden_states=outputs.image_hidden_states)
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         else:
@@ -297,6 +334,14 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
         )
+
+# Loaded as a checkpoint's remote code (`trust_remote_code=True`) on a machine where transformers-llava is
+# installed: the installed package is used, so one process never mixes two versions of these classes.
+if not __name__.startswith("transformers_llava."):
+    try:
+        from transformers_llava.modeling_llava import TransformersLlavaModel, TransformersLlavaForConditionalGeneration  # noqa: F811
+    except ImportError:
+        pass
 
 
 __all__ = [

@@ -135,5 +135,13 @@ class TransformersLlavaProcessor(ProcessorMixin):
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values"]
 
+# Loaded as a checkpoint's remote code (`trust_remote_code=True`) on a machine where transformers-llava is
+# installed: the installed package is used, so one process never mixes two versions of these classes.
+if not __name__.startswith("transformers_llava."):
+    try:
+        from transformers_llava.processing_llava import TransformersLlavaProcessor  # noqa: F811
+    except ImportError:
+        pass
+
 
 __all__ = ["TransformersLlavaProcessor"]
