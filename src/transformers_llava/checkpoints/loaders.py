@@ -40,10 +40,15 @@ def split_options(kwargs: dict) -> tuple[dict, dict]:
     return options, kwargs
 
 
-def foreign_layout(path, options: dict, hub: dict) -> Layout | None:
-    """The layout of `path` when it is a foreign one (a local directory or a Hub repository); None otherwise."""
+def foreign_layout(path, options: dict, hub: dict, processor_only: bool = False) -> Layout | None:
+    """The layout of `path` when it is a foreign one (a local directory or a Hub repository); None otherwise.
+
+    `processor_only`: a directory without config.json is a processor saved on its own, not an unknown layout.
+    """
     given = [name for name in ("base_model", "vision_tower", "conversation_format") if options[name] is not None]
     local = isinstance(path, (str, os.PathLike)) and resolve_directory(path, hub, wanted=is_foreign_config)
+    if local and processor_only and not (local / "config.json").is_file():
+        local = None
     if not local:
         if given and path is not None:
             raise CheckpointError(f"{', '.join(given)} given but {path} is neither a local checkpoint directory nor "
@@ -130,7 +135,7 @@ def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
 def load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs):
     """Registered in `processing_llava.FOREIGN_PROCESSOR_LOADERS`: a processor for foreign layouts, else None."""
     options, rest = split_options(kwargs)
-    layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest))
+    layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest), processor_only=True)
     if layout is None:
         return None
     format_name = options["conversation_format"]
