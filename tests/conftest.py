@@ -1,17 +1,20 @@
 """Shared fixtures: tiny LLaVAs built in-process (CPU, no network) and the shared reference folder."""
 
 import os
-from pathlib import Path
 
-import pytest
-import torch
-
-import transformers_llava  # noqa: F401  (registers the Auto classes)
-from transformers_llava.tiny import build_tiny_llava
-
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+# Before anything imports huggingface_hub, which reads these once: tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import transformers_llava  # noqa: E402,F401  (registers the Auto classes)
+from transformers_llava.tiny import build_tiny_llava  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
 def reference_path(*parts: str) -> Path:
