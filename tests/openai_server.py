@@ -111,7 +111,8 @@ def llava_format_responder(request: RecordedRequest) -> str:
     first_caption = query.strip().splitlines()[0] if query.strip() else "Nothing is described."
     if "describe the scene in a detailed manner" in system:
         return f"The image shows the following. {first_caption} The scene is described from the captions."
-    question = "What challenges might this scene pose?" if "complex questions" in system else "What is shown here?"
+    complex_reasoning = "create a plausible question" in system
+    question = "What challenges might this scene pose?" if complex_reasoning else "What is shown here?"
     return f"Question:\n{question}\n===\nAnswer:\n{first_caption}\n==="
 
 

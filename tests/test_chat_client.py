@@ -8,9 +8,8 @@ import threading
 import time
 
 import pytest
-import torch
 from openai_server import Disconnect, Garbage, Malformed, OpenAIServer, Slow, Status, openai_server  # noqa: F401
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_chat_model import build_tiny_chat_model
 
 from transformers_llava import chat_client
 from transformers_llava.chat_client import (
@@ -206,15 +205,7 @@ def test_run_concurrently_against_the_server(openai_server):
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    tokenizer = train_tokenizer(BASE_CORPUS, vocab_size=300)
-    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                               "{% if add_generation_prompt %}assistant:{% endif %}")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
-    return model, tokenizer
+    return build_tiny_chat_model()
 
 
 def test_transformers_backend_counts_real_tokens(tiny_lm):

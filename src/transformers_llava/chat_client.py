@@ -153,6 +153,7 @@ class OpenAIChatClient:
         if max_retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError(f"max_retries, backoff and max_backoff must be >= 0, got {max_retries}, {backoff}, "
                              f"{max_backoff}")
+        self.model_name = self.model  # the name both backends expose, for reports and run records
         self.url = f"{self.base_url}/chat/completions"
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.usage = TokenUsage()
