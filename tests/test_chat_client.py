@@ -8,7 +8,16 @@ import threading
 import time
 
 import pytest
-from openai_server import Disconnect, Garbage, Malformed, OpenAIServer, Slow, Status, openai_server  # noqa: F401
+from openai_server import (  # noqa: F401  (openai_server is a fixture)
+    Disconnect,
+    Garbage,
+    Malformed,
+    OpenAIServer,
+    Slow,
+    Status,
+    failing_every,
+    openai_server,
+)
 from tiny_chat_model import build_tiny_chat_model
 
 from transformers_llava import chat_client
@@ -69,7 +78,7 @@ def test_transient_faults_are_retried(openai_server, fault):
     client = client_for(openai_server)
     assert client.complete(MESSAGES).text == "Say three words please"
     assert len(openai_server.requests) == 3
-    assert client.usage.requests == 1  # failed attempts are not counted as used tokens
+    assert client.usage.requests == 1 and client.usage.retries == 2  # failed attempts cost no tokens
 
 
 def test_slow_response_times_out_and_is_retried(openai_server):
@@ -238,3 +247,11 @@ def test_transformers_backend_rejects_what_it_cannot_do(tiny_lm):
     bare = train_tokenizer(BASE_CORPUS, vocab_size=300)
     with pytest.raises(ValueError, match="no chat_template"):
         TransformersChatClient(model, bare)
+
+
+def test_failing_every_nth_request_is_absorbed_by_retries():
+    with OpenAIServer(failing_every(3, lambda request: "fine")) as server:
+        client = client_for(server)
+        assert [client.complete(MESSAGES).text for _ in range(6)] == ["fine"] * 6
+        assert len(server.requests) == 8  # requests 3 and 6 of the server's count were faults
+        assert client.usage.summary().endswith("(2 failed attempts retried)")

@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from transformers_llava.cli import main as transformers_llava_main
 from transformers_llava.data_generation import noun_phrases
 from transformers_llava.data_generation.captions import read_captions
 from transformers_llava.data_generation.cc3m_filter import filter_cc3m, phrase_key
@@ -168,8 +169,8 @@ def test_stage1_turns_captions_into_brief_description_instructions(tmp_path):
 def test_cli_filters_then_builds_stage1(tmp_path, capsys):
     write_jsonl(tmp_path / "captions.jsonl", synthetic_captions())
     out = tmp_path / "cc3m"
-    assert main(["filter-cc3m", "--captions", str(tmp_path / "captions.jsonl"), "--out", str(out),
-                 "--extractor", "simple", "--no-progress"]) == 0
+    assert transformers_llava_main(["generate", "filter-cc3m", "--captions", str(tmp_path / "captions.jsonl"),
+                                    "--out", str(out), "--extractor", "simple", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     kept = len((out / "cc3m_filtered.jsonl").read_text().splitlines())
     assert f"CC3M filtering (simple noun phrases): kept {kept:,} of 360 captions" in printed

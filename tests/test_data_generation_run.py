@@ -93,8 +93,9 @@ def test_rejected_responses_are_reported_and_not_asked_again(caps_boxes, tmp_pat
         return llava_format_responder(request)
 
     with OpenAIServer(responder) as server:
-        report = generate_instructions(images, client_for(server), tmp_path, types=TYPES, progress=False)
-        assert report.total == Counter(ok=8, rejected=1)
+        client = client_for(server)  # one client for the three runs: each report counts only its own calls
+        report = generate_instructions(images, client, tmp_path, types=TYPES, progress=False)
+        assert report.total == Counter(ok=8, rejected=1) and report.usage.requests == 9
         assert report.rejections == Counter({"""block 1 ("I'm sorry, I can't describe images.") is neither """
                                              """'Question:' nor 'Answer:'""": 1})
         rejected = [r for r in read_records(tmp_path) if r["status"] == "rejected"]
@@ -102,13 +103,13 @@ def test_rejected_responses_are_reported_and_not_asked_again(caps_boxes, tmp_pat
         assert rejected[0]["response"] == "I'm sorry, I can't describe images."
         assert len(json.loads((tmp_path / "conversation.json").read_text())) == 2
 
-        again = generate_instructions(images, client_for(server), tmp_path, types=TYPES, progress=False)
-        assert sum(again.this_run.values()) == 0 and len(server.requests) == 9
+        again = generate_instructions(images, client, tmp_path, types=TYPES, progress=False)
+        assert sum(again.this_run.values()) == 0 and len(server.requests) == 9 and again.usage.requests == 0
 
         server.responder = llava_format_responder
-        retried = generate_instructions(images, client_for(server), tmp_path, types=TYPES, retry_rejected=True,
-                                        progress=False)
+        retried = generate_instructions(images, client, tmp_path, types=TYPES, retry_rejected=True, progress=False)
         assert retried.this_run == Counter(ok=1) and retried.total == Counter(ok=9) and len(server.requests) == 10
+        assert retried.usage.requests == 1 and retried.total_usage.requests == 10  # the rejected response too
     assert len(json.loads((tmp_path / "llava_instruct.json").read_text())) == 9
 
 
@@ -207,3 +208,12 @@ def test_local_transformers_backend_runs_the_same_pipeline(caps_boxes, tmp_path)
                                                return_dict=True)["input_ids"]
         assert record["prompt_tokens"] == len(prompt) and 1 <= record["completion_tokens"] <= 6
     assert json.loads((tmp_path / "run.json").read_text())["model"] == client.model_name
+
+
+def test_coco_source_without_boxes_is_refused_for_the_boxed_types(tmp_path, capsys):
+    (tmp_path / "captions.json").write_text(json.dumps({"images": [], "annotations": []}))
+    args = ["instruct", "--coco-captions", str(tmp_path / "captions.json"), "--out", str(tmp_path / "out"),
+            "--model", "m", "--base-url", "http://127.0.0.1:9/v1"]
+    assert main(args) == 2
+    assert ("detail_description and complex_reasoning describe objects by their boxes: pass --coco-instances"
+            in capsys.readouterr().err)

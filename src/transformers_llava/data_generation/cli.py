@@ -65,6 +65,10 @@ def run_instruct(args) -> int:
     from .instruct import generate_instructions
     from .symbolic import iter_images
 
+    boxed = [t for t in args.types if DATA_TYPES[t]]
+    if args.coco_captions and not args.coco_instances and boxed:
+        raise ValueError(f"{' and '.join(boxed)} describe objects by their boxes: pass --coco-instances too "
+                         f"(or --types conversation)")
     images = list(iter_images(args.caps_boxes, args.coco_captions, args.coco_instances, limit=args.limit))
     client = make_client(args)
     params = {"max_tokens": args.max_tokens}

@@ -134,7 +134,7 @@ def generate_instructions(images: list[dict], client, out_dir: str | os.PathLike
     types = [check_data_type(t) for t in types]
     check_run_settings(out_dir, {"model": client.model_name, "params": params, "seed": seed,
                                  "image_position": image_position})
-    report = RunReport(usage=client.usage)
+    report, usage_before = RunReport(), client.usage.snapshot()
     with RecordStore(out_dir / RECORDS_FILE) as store:
         report.dropped_bytes = store.dropped_bytes
         skip = set(FINISHED) - ({"rejected"} if retry_rejected else set())
@@ -156,5 +156,6 @@ def generate_instructions(images: list[dict], client, out_dir: str | os.PathLike
                 record = to_record(outcome.item, outcome.result, seed, image_position)
             store.append(record)
             report.this_run[record["status"]] += 1
+        report.usage = client.usage.since(usage_before)
         export(store, out_dir, types, report)
     return report

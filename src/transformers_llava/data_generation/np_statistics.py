@@ -65,9 +65,10 @@ def write_plot(before: Counter, after: Counter, path: Path) -> str | None:
     figure, axes = plt.subplots(figsize=(7, 4))
     for counts, label in ((before, "Before"), (after, "After")):
         frequencies = sorted(counts.values(), reverse=True)
-        axes.plot(range(1, len(frequencies) + 1), frequencies, label=f"{label}: {len(frequencies):,} unique noun phrases")
+        axes.plot(range(1, len(frequencies) + 1), frequencies,
+                  label=f"{label}: {len(frequencies):,} unique noun phrases")
     axes.set(xscale="log", yscale="log", xlabel="noun phrases, by frequency rank",
-             ylabel="captions containing the noun phrase", title="CC3M noun-phrase frequencies")
+             ylabel="captions containing the noun phrase", title="Noun-phrase frequencies, before and after filtering")
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)

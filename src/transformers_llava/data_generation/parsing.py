@@ -1,7 +1,7 @@
 """Parse GPT responses in the released formats; a response that does not parse is rejected with the reason.
 
-    conversation, complex_reasoning:   Question:\\n<q>\\n===\\nAnswer:\\n<a>\\n===\\nQuestion:\\n...   (last `===` optional)
-    detail_description:                one or more paragraphs of description
+    conversation, complex_reasoning:  Question:\\n<q>\\n===\\nAnswer:\\n<a>\\n===\\n...  (last `===` optional)
+    detail_description:               one or more paragraphs of description
 
     parse_response("conversation", text)  -> [(question, answer), ...]
     parse_response("detail_description", text)  -> [(None, description)]   (the question is sampled separately)
