@@ -56,7 +56,7 @@ def test_run_builds_the_paper_prompts_and_survives_faults(caps_boxes, tmp_path):
     with OpenAIServer(llava_format_responder) as server:
         faults = [Status(429, retry_after=0), Status(500), Garbage(), Malformed(), Slow(3.0)]
         server.inject(*faults)
-        report = generate_instructions(images, client_for(server, timeout=0.5), tmp_path, types=TYPES,
+        report = generate_instructions(images, client_for(server, timeout=1.0), tmp_path, types=TYPES,
                                        params={"temperature": 0.2, "max_tokens": 512}, concurrency=3,
                                        progress=False)
         requests = list(server.requests)
