@@ -2,7 +2,7 @@
 
     from openai_server import OpenAIServer, Status, Slow
 
-    def responder(request):                      # request: RecordedRequest (path, headers, body)
+    def responder(request):      # request: RecordedRequest (path, headers, body, received_at)
         return "Question:\\nWhat?\\n===\\nAnswer:\\nThat.\\n==="   # str -> wrapped as a chat completion
 
     with OpenAIServer(responder) as server:      # port 0: the OS picks a free port
