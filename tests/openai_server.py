@@ -2,7 +2,7 @@
 
     from openai_server import OpenAIServer, Status, Slow
 
-    def responder(request):                      # request: RecordedRequest (path, headers, body)
+    def responder(request):      # request: RecordedRequest (path, headers, body, received_at)
         return "Question:\\nWhat?\\n===\\nAnswer:\\nThat.\\n==="   # str -> wrapped as a chat completion
 
     with OpenAIServer(responder) as server:      # port 0: the OS picks a free port
@@ -26,13 +26,15 @@ With `api_key=...` the server answers 401 to requests without `Authorization: Be
 As a pytest fixture: `from openai_server import openai_server` in a test module, then take `openai_server` as an
 argument (a fresh server per test; assign `openai_server.responder = ...` to script it).
 
-Run it standalone (for trying the CLIs by hand):  python tests/openai_server.py --port 8011
-It then answers every request in the LLaVA-data formats from the prompt's own captions (`llava_format_responder`).
+Run it standalone (for trying the CLIs by hand):  python tests/openai_server.py --port 8011 [--fail-every 7]
+It then answers every request in the LLaVA-data formats from the prompt's own captions (`llava_format_responder`),
+and with --fail-every N answers every N-th request with a 429 / 500 / garbage fault in turn (`failing_every`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import threading
 import time
@@ -111,7 +113,8 @@ def llava_format_responder(request: RecordedRequest) -> str:
     first_caption = query.strip().splitlines()[0] if query.strip() else "Nothing is described."
     if "describe the scene in a detailed manner" in system:
         return f"The image shows the following. {first_caption} The scene is described from the captions."
-    question = "What challenges might this scene pose?" if "complex questions" in system else "What is shown here?"
+    complex_reasoning = "create a plausible question" in system
+    question = "What challenges might this scene pose?" if complex_reasoning else "What is shown here?"
     return f"Question:\n{question}\n===\nAnswer:\n{first_caption}\n==="
 
 
@@ -229,12 +232,29 @@ def openai_server():
         yield server
 
 
+def failing_every(n: int, responder: Callable, faults=(Status(429, retry_after=1), Status(500), Garbage())):
+    """`responder`, except that every n-th request gets the next of `faults` (in turn) instead."""
+    count = itertools.count(1)
+    cycle = itertools.cycle(faults)
+    lock = threading.Lock()
+
+    def reply(request: RecordedRequest):
+        with lock:
+            fault = next(cycle) if n and next(count) % n == 0 else None
+        return fault or responder(request)
+
+    return reply
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--fail-every", type=int, default=0,
+                        help="answer every N-th request with 429 / 500 / garbage in turn (0: never)")
     args = parser.parse_args(argv)
-    with OpenAIServer(llava_format_responder, host=args.host, port=args.port) as server:
+    responder = failing_every(args.fail_every, llava_format_responder)
+    with OpenAIServer(responder, host=args.host, port=args.port) as server:
         print(f"serving OpenAI-compatible chat completions at {server.base_url} (Ctrl-C stops)", flush=True)
         try:
             while True:

@@ -58,18 +58,34 @@ class RetryableResponse(Exception):
 
 @dataclass
 class TokenUsage:
-    """Running totals over many calls (thread-safe); prices are per 1M tokens, as providers quote them."""
+    """Running totals over many calls (thread-safe); prices are per 1M tokens, as providers quote them.
+    `retries` counts failed attempts that were tried again (timeouts, 429, 5xx, malformed responses)."""
 
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def snapshot(self) -> "TokenUsage":
+        with self._lock:
+            return TokenUsage(self.requests, self.prompt_tokens, self.completion_tokens, self.retries)
+
+    def since(self, earlier: "TokenUsage") -> "TokenUsage":
+        """The usage added after `earlier` (a snapshot of this one)."""
+        now = self.snapshot()
+        return TokenUsage(now.requests - earlier.requests, now.prompt_tokens - earlier.prompt_tokens,
+                          now.completion_tokens - earlier.completion_tokens, now.retries - earlier.retries)
 
     def add(self, result: ChatResult) -> None:
         with self._lock:
             self.requests += 1
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
+
+    def add_retry(self) -> None:
+        with self._lock:
+            self.retries += 1
 
     def cost(self, prompt_price: float, completion_price: float) -> float:
         """Estimated cost in the prices' currency, given prices per 1M prompt / completion tokens."""
@@ -78,6 +94,8 @@ class TokenUsage:
     def summary(self, prompt_price: float | None = None, completion_price: float | None = None) -> str:
         text = (f"{self.requests} requests, {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion "
                 f"tokens")
+        if self.retries:
+            text += f" ({self.retries} failed attempts retried)"
         if prompt_price is not None and completion_price is not None:
             text += (f", estimated cost {self.cost(prompt_price, completion_price):.4f} "
                      f"(at {prompt_price}/{completion_price} per 1M tokens)")
@@ -153,6 +171,7 @@ class OpenAIChatClient:
         if max_retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError(f"max_retries, backoff and max_backoff must be >= 0, got {max_retries}, {backoff}, "
                              f"{max_backoff}")
+        self.model_name = self.model  # the name both backends expose, for reports and run records
         self.url = f"{self.base_url}/chat/completions"
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.usage = TokenUsage()
@@ -168,15 +187,15 @@ class OpenAIChatClient:
             self.rate_limiter.acquire()
             try:
                 result = self._attempt(payload)
+                break
             except RetryableResponse as failure:
                 if attempt == attempts:
                     raise ChatClientError(f"POST {self.url} failed after {attempts} attempts; last: {failure}"
                                           ) from None
+                self.usage.add_retry()
                 time.sleep(self._delay(attempt, failure.retry_after))
-                continue
-            self.usage.add(result)
-            return result
-        raise AssertionError("unreachable")
+        self.usage.add(result)
+        return result
 
     def _attempt(self, payload: dict) -> ChatResult:
         try:
@@ -249,7 +268,8 @@ class TransformersChatClient:
                                                        return_dict=True, return_tensors="pt")["input_ids"]
         sample = bool(options["temperature"])
         generation = {"max_new_tokens": int(options["max_tokens"]), "do_sample": sample,
-                      "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+                      "pad_token_id": self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+                      else self.tokenizer.eos_token_id}
         if sample:
             generation.update(temperature=float(options["temperature"]), top_p=options["top_p"] or 1.0)
         with self._lock, torch.inference_mode():
