@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates .venv with the CPU build of torch and this package (with its test extras). Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned to the CPU build: a bare `torch` requirement would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[test]"
