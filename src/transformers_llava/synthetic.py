@@ -2,9 +2,10 @@
 
     write_synthetic_task("data/shapes", n_train=2000, n_test=200, seed=0)
 
-Each image shows 1-4 shapes of one color and one kind on a gray background. Stage-1 data pairs each image with a
-caption (`{id, image, caption}`, like CC3M's `metadata.json`); stage-2 data holds multi-turn conversations about
-color, shape, count and (for a single shape) side (`{id, image, conversations}`, like instruct-158K). Every
+Each image shows 1-4 shapes of one color and one kind on a gray background, one per quadrant. Stage-1 data pairs
+each image with a caption (`{id, image, caption}`, like CC3M's `metadata.json`); stage-2 data holds multi-turn
+conversations about color, shape, count and (for a single shape) whether it is at the top or the bottom
+(`{id, image, conversations}`, like instruct-158K). Every
 question can only be answered by looking at the image: an image-blind model is at chance (1/5, 1/3, 1/4, 1/2).
 """
 
@@ -19,13 +20,13 @@ COLORS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (45, 80, 215), "
           "purple": (140, 55, 185)}
 SHAPES = ("circle", "square", "triangle")
 COUNTS = ("one", "two", "three", "four")
-SIDES = ("left", "right")
+SIDES = ("top", "bottom")
 BACKGROUND = (128, 128, 128)
 QUESTIONS = {
     "color": ("What color are the shapes?", "Which color do you see?"),
     "shape": ("What kind of shape is shown?", "Which shape is in the image?"),
     "count": ("How many shapes are there?", "Count the shapes."),
-    "side": ("Is the shape on the left or the right?", "On which side is the shape?"),
+    "side": ("Is the shape at the top or the bottom?", "Where is the shape, top or bottom?"),
 }
 CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": 1 / len(COUNTS), "side": 1 / len(SIDES)}
 
@@ -42,7 +43,7 @@ class Scene:
 
     def caption(self) -> str:
         noun = self.shape if self.count == 1 else self.shape + "s"
-        where = f" on the {self.side}" if self.side else ""
+        where = f" at the {self.side}" if self.side else ""
         return f"{COUNTS[self.count - 1].capitalize()} {self.color} {noun}{where}."
 
 
@@ -52,17 +53,22 @@ def random_scene(rng: random.Random) -> Scene:
 
 
 def draw(scene: Scene, rng: random.Random, size: int = 32, blank: bool = False) -> Image.Image:
-    """The scene on a `size` x `size` canvas: one shape per quadrant slot, jittered (blank=True: background only)."""
+    """The scene on a `size` x `size` canvas, each shape centred in its quadrant with a pixel of jitter
+    (blank=True: background only)."""
     image = Image.new("RGB", (size, size), BACKGROUND)
     if blank:
         return image
-    pen, half, extent = ImageDraw.Draw(image), size // 2, int(size * 0.34)
+    pen, half = ImageDraw.Draw(image), size // 2
+    extent = int(half * 0.75)
+    quadrants = [(0, 0), (half, 0), (0, half), (half, half)]
     if scene.side:
-        slots = [(0 if scene.side == "left" else half, rng.choice((0, half // 2, half)))]
+        row = 0 if scene.side == "top" else half
+        slots = [(rng.choice((0, half)), row)]
     else:
-        slots = rng.sample([(0, 0), (half, 0), (0, half), (half, half)], scene.count)
+        slots = rng.sample(quadrants, scene.count)
     for x0, y0 in slots:
-        x, y = x0 + rng.randint(0, half - extent), y0 + rng.randint(0, half - extent)
+        x = x0 + (half - extent) // 2 + rng.randint(-1, 1)
+        y = y0 + (half - extent) // 2 + rng.randint(-1, 1)
         box, fill = (x, y, x + extent, y + extent), COLORS[scene.color]
         if scene.shape == "circle":
             pen.ellipse(box, fill=fill)
@@ -115,7 +121,7 @@ def vocabulary() -> list[str]:
     words = [f"{c.capitalize()}. {s.capitalize()}. {n.capitalize()}." for c in COLORS for s in SHAPES for n in COUNTS]
     captions = [Scene(c, s, n, side).caption() for c in COLORS for s in SHAPES for n in range(1, 5)
                 for side in ((SIDES if n == 1 else (None,)))]
-    return words + captions + [q for qs in QUESTIONS.values() for q in qs] + ["Left. Right."]
+    return words + captions + [q for qs in QUESTIONS.values() for q in qs] + ["Top. Bottom."]
 
 
 __all__ = ["write_synthetic_task", "vocabulary", "CHANCE", "QUESTIONS", "Scene", "draw"]
