@@ -31,6 +31,7 @@ from .modeling_llava import (
     TransformersLlavaPreTrainedModel,
 )
 from .processing_llava import TransformersLlavaProcessor
+from .training import model_card as _model_card
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,7 @@ def _register() -> None:
 
 
 _register()
+_model_card.register()  # every save_pretrained / push_to_hub writes the LLaVA model card
 
 __all__ = [
     "LlavaConfig",
