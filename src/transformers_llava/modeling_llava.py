@@ -262,6 +262,10 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         """Also map `AutoModel` (the backbone) in the saved `auto_map`, for loading without the package."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
                                 "AutoModel": "modeling_llava.TransformersLlavaModel"}
+        # Weights are saved under the names they have in memory, not reverted to transformers' older llava layout:
+        # a plain `load_state_dict` then reads them back, which is what Trainer's `resume_from_checkpoint` does
+        # (transformers#43701). The renames registered above still load checkpoints in the older layout.
+        kwargs.setdefault("save_original_format", False)
         result = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", args[0] if args else True):
             for callback in AFTER_SAVE_CALLBACKS:
