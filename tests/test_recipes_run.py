@@ -1,6 +1,6 @@
 """Each recipe in examples/ runs end to end for two optimizer steps on a tiny model and tiny data (only paths and
-sizes overridden), through `transformers-llava train` and through the example script; what it saves is a model
-(or LoRA adapter) with its processor, its training record and its model card."""
+sizes overridden) through `transformers-llava train`; what it saves is a model (or LoRA adapter) with its
+processor, its training record and its model card. (examples/train_llava.py runs in test_recipes_lora.py.)"""
 
 import json
 

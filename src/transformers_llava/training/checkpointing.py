@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .recipes import IGNORED_IN_IDENTITY
+
 RUN_FILE = "llava_run.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -98,7 +100,8 @@ def claim_output_dir(recipe, write: bool = True) -> Claim:
                                     "started": datetime.now(timezone.utc).isoformat(), "finished": None})
         return Claim(checkpoint=None, finished=False, skipped=[])
     if run.get("identity") != identity:
-        changes = _differences(run.get("recipe", {}), settings)
+        changes = [change for change in _differences(run.get("recipe", {}), settings)
+                   if change.split(":")[0] not in IGNORED_IN_IDENTITY]
         raise OutputDirConflict(
             f"{output_dir} holds a different run (started {run.get('started')} from {run.get('source')}, identity "
             f"{run.get('identity')}; this recipe's is {identity}). Settings that differ:\n  "
