@@ -102,14 +102,14 @@ def render_model_card(config, *, model_id: str | None = None, adapter: dict | No
     card_data = ModelCardData(library_name="peft" if adapter else "transformers", pipeline_tag="image-text-to-text",
                               tags=all_tags, base_model=base_model or None)
     vision = config.vision_config
-    layer = config.vision_feature_layer
+    title = model_id.rsplit("/", 1)[-1] if model_id else f"LLaVA: {bases['vision_tower']} + {bases['language_model']}"
     card = ModelCard.from_template(
-        card_data, template_str=template_text(),
-        title=model_id.rsplit("/", 1)[-1] if model_id else f"LLaVA: {bases['vision_tower']} + {bases['language_model']}",
+        card_data, template_str=template_text(), title=title,
         model_id=model_id or "path/to/this/checkpoint",
         vision_tower=bases["vision_tower"], language_model=bases["language_model"],
         projector_type=config.projector_type, image_size=vision.image_size, patch_size=vision.patch_size,
-        feature_layer=layer, image_tokens=config.image_seq_length, image_aspect_ratio=config.image_aspect_ratio,
+        feature_layer=config.vision_feature_layer, image_tokens=config.image_seq_length,
+        image_aspect_ratio=config.image_aspect_ratio,
         parameters=f"{parameters:,} stored in this folder" if parameters else "unknown",
         stages=[{"what": STAGE_WHAT.get(s.get("stage"), ""), "data": None, "hyperparameters": [], "steps": None,
                  "train_loss": None, "recipe": None, "finished": None, **s} for s in record["stages"]],

@@ -132,7 +132,8 @@ def stage_record(recipe: Recipe, data_summary: dict) -> dict:
         "learning_rate": t.learning_rate, "projector_lr": t.projector_lr, "global_batch_size": t.global_batch_size,
         "per_device_batch_size": t.per_device_batch_size, "processes": recipe.num_processes,
         "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
-        "epochs": t.num_train_epochs if t.max_steps <= 0 else None, "max_steps": t.max_steps if t.max_steps > 0 else None,
+        "epochs": t.num_train_epochs if t.max_steps <= 0 else None,
+        "max_steps": t.max_steps if t.max_steps > 0 else None,
         "lr_scheduler": t.lr_scheduler_type, "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay,
         "optimizer": "AdamW" if t.projector_lr is not None else t.optim, "bf16": t.bf16,
         "gradient_checkpointing": t.gradient_checkpointing, "max_length": recipe.data.max_length, "seed": t.seed,
@@ -205,8 +206,9 @@ def run_recipe(recipe: Recipe) -> RunResult:
     trainer = build_trainer(recipe, model, processor, dataset, data_summary, state)
     result = trainer.train(resume_from_checkpoint=claim.checkpoint)
     finish(recipe, trainer, processor, result, state)
-    return RunResult(recipe.training.output_dir, trainer.state.global_step, result.training_loss, claim.checkpoint)
+    return RunResult(recipe.training.output_dir, trainer.state.global_step, result.training_loss,
+                     claim.checkpoint)
 
 
-__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "build_trainer", "finish", "sft_config", "stage_record",
-           "RunResult"]
+__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "build_trainer", "finish", "sft_config",
+           "stage_record", "RunResult"]
