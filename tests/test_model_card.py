@@ -99,6 +99,7 @@ def test_push_to_hub_uploads_our_card_through_transformers_upload(tiny, tmp_path
 def test_the_template_ships_inside_the_package(tmp_path):
     assert template_text() == (ROOT / "hub_cards" / "llava_model_card.md.jinja").read_text()
     wheel_dir = tmp_path / "wheel"
+    # Built with this environment's setuptools (the test extra), so no package index is needed.
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                              "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
