@@ -1,11 +1,12 @@
 """A minimal stand-in for the Hugging Face Hub's HTTP API on 127.0.0.1, for testing `push_to_hub` end to end.
 
-It implements just what huggingface_hub's upload path calls — create a repo, ask for a missing README, validate the
-card's metadata, the preupload and commit endpoints — and keeps every committed file in memory (`hub.files[repo_id][path]`), so a
-test can check exactly what `push_to_hub` uploaded.
+It implements just what huggingface_hub's upload path calls — create a repo, download a committed file (the model
+card push_to_hub starts from), validate the card's metadata, the preupload and commit endpoints — and keeps every
+committed file in memory (`hub.files[repo_id][path]`), so a test can check exactly what `push_to_hub` uploaded.
 """
 
 import base64
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,8 +39,19 @@ class FakeHub:
                 self.do_GET()
 
             def do_GET(self):
-                if "/resolve/" in self.path:  # e.g. the existing model card: there is none
-                    self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+                if "/resolve/" in self.path:  # a committed file (e.g. the model card), as hf_hub_download asks
+                    repo_id, _, rest = self.path.lstrip("/").partition("/resolve/")
+                    content = hub.files.get(repo_id, {}).get(rest.partition("/")[2])
+                    if content is None:
+                        self._reply(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+                        return
+                    self.send_response(200)
+                    for key, value in {"Content-Length": str(len(content)), "X-Repo-Commit": "1" * 40,
+                                       "ETag": f'"{hashlib.sha1(content).hexdigest()}"'}.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(content)
                 else:
                     self._reply(404, {"error": f"not implemented: GET {self.path}"})
 

@@ -43,6 +43,11 @@ register_checkpoint_conversion_mapping(
 # format. Remote-code copies of this file (no package installed) load only this package's own format.
 FOREIGN_CHECKPOINT_LOADERS: list = []
 
+# Called as `callback(model, directory, repo_id=None)` once a checkpoint is written (the installed package writes
+# its model card here). `push_to_hub` writes transformers' generic README.md after saving, so the callbacks run
+# again on the folder about to be uploaded. Remote-code copies of this file (no package) have none.
+AFTER_SAVE_CALLBACKS: list = []
+
 
 @dataclass
 class LlavaModelOutputWithPast(BaseModelOutputWithPast):
@@ -257,7 +262,20 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         """Also map `AutoModel` (the backbone) in the saved `auto_map`, for loading without the package."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
                                 "AutoModel": "modeling_llava.TransformersLlavaModel"}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # Weights are saved under the names they have in memory, not reverted to transformers' older llava layout:
+        # a plain `load_state_dict` then reads them back, which is what Trainer's `resume_from_checkpoint` does
+        # (transformers#43701). The renames registered above still load checkpoints in the older layout.
+        kwargs.setdefault("save_original_format", False)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", args[0] if args else True):
+            for callback in AFTER_SAVE_CALLBACKS:
+                callback(self, save_directory)
+        return result
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        for callback in AFTER_SAVE_CALLBACKS:  # replaces the generic README.md push_to_hub has just written
+            callback(self, working_dir, repo_id=repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

@@ -119,6 +119,10 @@ def caption_to_record(record: dict, seed: int = 0, instructions: list[str] | Non
 def _finish(dataset, on_invalid: OnInvalid, source: str):
     """Apply the invalid-sample policy; returns (dataset without the `problem` column, report)."""
     if isinstance(dataset, datasets.IterableDataset):
+        # A JSON stream does not know its columns up front, so the map could not drop the source ones: without
+        # this, the raw `image` (a bare file name) would reach TRL's collator, which prefers it over `images`.
+        dataset = dataset.select_columns(["id", "messages", "images", "problem"])
+
         def keep(example):
             if example["problem"] and on_invalid == "fail":
                 raise ValueError(f"{source}: sample {example['id']}: {example['problem']}")
