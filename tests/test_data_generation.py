@@ -20,7 +20,7 @@ from transformers_llava.data_generation.prompts import (
     load_instructions,
     load_prompt_set,
 )
-from transformers_llava.data_generation.records import RecordStore
+from transformers_llava.record_store import RecordStore
 from transformers_llava.data_generation.symbolic import format_context, read_caps_boxes_jsonl, read_coco
 
 CAPS_BOXES = ("llava", "llava_bench_coco", "caps_boxes_coco2014_val_80.jsonl")

@@ -39,7 +39,7 @@ def test_a_key_is_never_written_twice(tmp_path):
 def test_damage_a_kill_cannot_cause_is_reported_with_its_line(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text('{"question_id": 0}\nnot json\n{"question_id": 2}\n')
-    with pytest.raises(ValueError, match=r"answers.jsonl:2: not a JSON line"):
+    with pytest.raises(ValueError, match=r"answers.jsonl line 2 is not JSON"):
         JsonlStore(path).load()
     path.write_text('{"question_id": 0}\n{"question_id": 0}\n')
     with pytest.raises(ValueError, match=r"answers.jsonl:2: question_id 0 appears a second time"):

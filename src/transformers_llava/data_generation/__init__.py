@@ -4,7 +4,6 @@
     prompts.py        the released system messages and few-shot pairs -> chat messages; Tables 11/12
     parsing.py        responses -> (question, answer) turns, or a rejection with the reason
     conversations.py  LLaVA conversations with <image> in the first human turn; LLaVA-Instruct JSON
-    records.py        append-only results file that survives kill -9 (resumable runs)
     instruct.py       the instruction-data run: build requests, query concurrently, record, export
     captions.py       streaming image-caption readers (.jsonl, CC3M .tsv)
     stage1.py         caption -> single-turn instruction (Table 11)

@@ -24,7 +24,7 @@ from .conversations import ImagePosition, keyed_rng, to_conversations, write_lla
 from .parsing import ResponseRejected, parse_response
 from .progress import datasets_progress
 from .prompts import DATA_TYPES, build_messages, check_data_type, load_instructions, load_prompt_set
-from .records import RecordStore
+from ..record_store import RecordStore
 from .symbolic import format_context
 
 RECORDS_FILE, RUN_FILE, COMBINED_FILE = "records.jsonl", "run.json", "llava_instruct.json"

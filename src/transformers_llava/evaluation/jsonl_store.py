@@ -1,4 +1,5 @@
-"""An append-only JSONL file of records keyed by one field: what every evaluation step writes and resumes from.
+"""Records keyed by one field, on top of the project's append-only JSONL (`record_store.RecordStore`): what every
+evaluation step writes and resumes from.
 
     store = JsonlStore("answers.jsonl", key="question_id")
     done = store.load()                      # {str(key): record}; a line torn by a kill is cut off first
@@ -7,16 +8,17 @@
         for record in work(todo):
             append(record)                   # one whole line per record, flushed and fsynced
 
-A process killed mid-write can only leave its last line incomplete (no trailing newline): `load` truncates the file
-to its last complete line, so the interrupted record is simply produced again. Keys already present are refused by
-the appender, so a re-run never duplicates a record. A complete line that is not JSON, or a key that appears twice,
-is not something a kill can cause, and is reported with its line number instead of being guessed around.
+A process killed mid-write can only leave its last line incomplete; it is cut off when the file is opened, so the
+interrupted record is simply produced again. Keys already present are refused by the appender, so a re-run never
+duplicates a record. A key that appears twice is not something a kill can cause, and is reported with its line
+number instead of being guessed around.
 """
 
 import contextlib
-import json
 import os
 from pathlib import Path
+
+from ..record_store import RecordStore
 
 
 class JsonlStore:
@@ -29,42 +31,29 @@ class JsonlStore:
         if not self.path.exists():
             self._keys = set()
             return {}
-        data = self.path.read_bytes()
-        complete = data.rfind(b"\n") + 1
-        if complete < len(data):
-            with open(self.path, "r+b") as handle:
-                handle.truncate(complete)
         records = {}
-        for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{self.path}:{number}: not a JSON line ({error}); fix or remove that line") from None
-            if self.key not in record:
-                raise KeyError(f"{self.path}:{number}: record has no {self.key!r} field")
-            key = str(record[self.key])
-            if key in records:
-                raise ValueError(f"{self.path}:{number}: {self.key} {key} appears a second time")
-            records[key] = record
+        with RecordStore(self.path) as store:
+            for number, record in enumerate(store.records(), 1):
+                if self.key not in record:
+                    raise KeyError(f"{self.path}:{number}: record has no {self.key!r} field")
+                key = str(record[self.key])
+                if key in records:
+                    raise ValueError(f"{self.path}:{number}: {self.key} {key} appears a second time")
+                records[key] = record
         self._keys = set(records)
         return records
 
     @contextlib.contextmanager
     def appender(self):
         """A function that appends one record as one durable line; refuses a key already in the file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self._keys:
             self.load()
-        with open(self.path, "ab") as handle:
+        with RecordStore(self.path, fsync=True) as store:
             def append(record: dict) -> None:
                 key = str(record[self.key])
                 if key in self._keys:
                     raise ValueError(f"{self.path}: {self.key} {key} is already recorded; records are never duplicated")
-                handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
+                store.append(record)
                 self._keys.add(key)
 
             yield append
