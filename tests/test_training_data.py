@@ -9,9 +9,10 @@ from PIL import Image
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from conftest import reference_path
+from transformers_llava.data_generation.prompts import load_instructions
+from transformers_llava.data_generation.stage1 import to_stage1_sample
 from transformers_llava.training.data import (
-    brief_instructions,
-    caption_to_record,
+    caption_pair,
     drop_too_long,
     load_captions,
     load_llava_json,
@@ -82,16 +83,19 @@ def test_streaming_keeps_images_lazy_and_skips_invalid(folder):
 
 
 def test_stage1_captions_become_brief_instructions_deterministically(folder):
-    questions = brief_instructions()
+    """Stage-1 pairs go through the data-generation step (`to_stage1_sample`): one Table 11 question per image."""
+    questions = list(load_instructions()["brief"])
     assert questions == json.loads(reference_path("paper", "instructions.json").read_text())["brief"]
-    record = caption_to_record({"id": "x", "image": "a.jpg", "caption": "a red square "}, seed=3)
-    assert record == caption_to_record({"id": "x", "image": "a.jpg", "caption": "a red square"}, seed=3)
+    record = to_stage1_sample(caption_pair({"id": "x", "image": "a.jpg", "caption": "a red square "}), 3, "before")
+    assert record == to_stage1_sample(caption_pair({"id": "x", "image": "a.jpg", "caption": "a red square"}), 3,
+                                      "before")
     human, gpt = record["conversations"]
     assert human["value"].startswith("<image>\n") and human["value"][len("<image>\n"):] in questions
     assert gpt["value"] == "a red square"
-    picked = {caption_to_record({"id": i, "caption": "c"})["conversations"][0]["value"] for i in range(200)}
+    picked = {to_stage1_sample(caption_pair({"id": i, "image": "a.jpg", "caption": "c"}), 0, "before")
+              ["conversations"][0]["value"] for i in range(200)}
     assert len(picked) == len(questions)  # every question of Table 11 is used
-    path = write(folder, [{"id": "x", "image": "a.jpg", "caption": "a red square"}])
+    path = write(folder, [{"id": "x", "image": "a.jpg", "blip_caption": "a red square"}])
     dataset, _ = load_captions(path, folder / "img")
     assert dataset[0]["messages"][1]["content"][0]["text"] == "a red square"
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from transformers_llava.builder import build_llava
 from transformers_llava.tiny import save_tiny_towers
-from transformers_llava.training.data import brief_instructions
+from transformers_llava.data_generation.prompts import load_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -27,7 +27,7 @@ COLORS = ["red", "green", "blue", "yellow"]
 
 @pytest.fixture(scope="session")
 def towers(tmp_path_factory):
-    corpus = brief_instructions() + [f"A {c} square. {c.capitalize()}. What color is it?" for c in COLORS]
+    corpus = list(load_instructions()["brief"]) + [f"A {c} square. {c.capitalize()}. What color is it?" for c in COLORS]
     return save_tiny_towers(tmp_path_factory.mktemp("towers"), corpus)
 
 

@@ -12,14 +12,13 @@ file paths, opened only when a batch is collated — 595K images are never decod
 the load, by choice; every report line names the sample id.
 """
 
-import json
 import os
-import random
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Literal
 
 import datasets
+
+from ..data_generation.stage1 import to_stage1_sample
 
 IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -39,12 +38,6 @@ class DataReport:
         if len(self.dropped) > 20:
             lines.append(f"  ... and {len(self.dropped) - 20} more")
         return "\n".join(lines)
-
-
-def brief_instructions() -> list[str]:
-    """The paper's Table 11: questions asking for a brief description (stage-1 caption expansion)."""
-    text = resources.files("transformers_llava").joinpath("data/instructions.json").read_text(encoding="utf-8")
-    return json.loads(text)["brief"]
 
 
 def record_images(record: dict, image_folder: str | None) -> list[str]:
@@ -104,16 +97,10 @@ def record_to_example(record: dict, image_folder: str | None = None) -> dict:
     return {"id": str(record.get("id", "")), "messages": messages, "images": images, "problem": problem}
 
 
-def caption_to_record(record: dict, seed: int = 0, instructions: list[str] | None = None) -> dict:
-    """A stage-1 pair `{id, image, caption}` -> a one-turn LLaVA record asking one of the paper's brief questions.
-
-    The question is drawn with a generator seeded by (seed, id), so it does not depend on the order of the data."""
-    questions = instructions or brief_instructions()
-    question = random.Random(f"{seed}:{record.get('id')}").choice(questions)
+def caption_pair(record: dict) -> dict:
+    """A stage-1 record (`{id, image, caption}`, or CC3M's `blip_caption`) in the form `to_stage1_sample` takes."""
     caption = record.get("caption") or record.get("blip_caption") or ""
-    return {"id": record.get("id"), "image": record.get("image"),
-            "conversations": [{"from": "human", "value": f"{IMAGE}\n{question}"},
-                              {"from": "gpt", "value": caption.strip()}]}
+    return {"id": str(record.get("id")), "image": record.get("image"), "caption": caption.strip()}
 
 
 def _finish(dataset, on_invalid: OnInvalid, source: str):
@@ -161,7 +148,9 @@ def load_captions(path, image_folder=None, *, seed: int = 0, streaming: bool = F
                   on_invalid: OnInvalid = "fail"):
     """Stage-1 data from `{id, image, caption}` records (e.g. CC3M `metadata.json`); returns `(dataset, report)`."""
     records = _load_records(path, streaming)
-    dataset = _map(records, lambda r: record_to_example(caption_to_record(r, seed), image_folder),
+    # The question is one of the paper's brief ones (Table 11), drawn from (seed, id): independent of data order.
+    dataset = _map(records, lambda r: record_to_example(to_stage1_sample(caption_pair(r), seed, "before"),
+                                                        image_folder),
                    remove_columns=list(records.column_names or []))
     return _finish(dataset, on_invalid, str(path))
 
@@ -194,5 +183,5 @@ def drop_too_long(dataset, processor, max_length: int, *, on_too_long: Literal["
     return kept.remove_columns("length"), report
 
 
-__all__ = ["load_llava_json", "load_captions", "drop_too_long", "record_to_example", "caption_to_record",
-           "sequence_length", "brief_instructions", "DataReport"]
+__all__ = ["load_llava_json", "load_captions", "drop_too_long", "record_to_example", "caption_pair",
+           "sequence_length", "DataReport"]
