@@ -6,7 +6,8 @@ Each image shows 1-4 shapes of one color and one kind on a gray background, one 
 each image with a caption (`{id, image, caption}`, like CC3M's `metadata.json`); stage-2 data holds multi-turn
 conversations about color, shape, count and (for a single shape) whether it is at the top or the bottom
 (`{id, image, conversations}`, like instruct-158K). Every
-question can only be answered by looking at the image: an image-blind model is at chance (1/5, 1/3, 1/4, 1/2).
+question can only be answered by looking at the image: an image-blind model can only give the most frequent answer
+(right 1/5, 1/3, 2/5 and 1/2 of the time).
 """
 
 import json
@@ -28,7 +29,10 @@ QUESTIONS = {
     "count": ("How many shapes are there?", "Count the shapes."),
     "side": ("Is the shape at the top or the bottom?", "Where is the shape, top or bottom?"),
 }
-CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": 1 / len(COUNTS), "side": 1 / len(SIDES)}
+COUNT_WEIGHTS = (4, 2, 2, 2)  # two in five images hold a single shape, so "top or bottom?" is asked often enough
+# The best an image-blind model can do: always give the most frequent answer.
+CHANCE = {"color": 1 / len(COLORS), "shape": 1 / len(SHAPES), "count": max(COUNT_WEIGHTS) / sum(COUNT_WEIGHTS),
+          "side": 1 / len(SIDES)}
 
 
 @dataclass
@@ -48,7 +52,7 @@ class Scene:
 
 
 def random_scene(rng: random.Random) -> Scene:
-    count = rng.randint(1, len(COUNTS))
+    count = rng.choices(range(1, len(COUNTS) + 1), weights=COUNT_WEIGHTS)[0]
     return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), count, rng.choice(SIDES) if count == 1 else None)
 
 

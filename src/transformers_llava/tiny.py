@@ -62,6 +62,7 @@ def save_tiny_towers(
     image_size: int = 32,
     patch_size: int = 8,
     vision_hidden: int = 32,
+    vision_layers: int = 2,
     text_hidden: int = 64,
     text_layers: int = 2,
     vocab_size: int = 1000,
@@ -73,7 +74,8 @@ def save_tiny_towers(
     root = Path(directory)
     vision_dir, text_dir = root / "vision", root / "text"
     vision = CLIPVisionModel(CLIPVisionConfig(
-        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=vision_layers,
+        num_attention_heads=4,
         image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden,
     ))
     vision.save_pretrained(vision_dir)
@@ -94,7 +96,8 @@ def save_tiny_towers(
 
 def build_tiny_llava(directory: str | os.PathLike, corpus: list[str] | None = None, **build_kwargs):
     """Save tiny towers under `directory` and join them with `build_llava`; returns `(model, processor)`."""
-    tower_keys = {"image_size", "patch_size", "vision_hidden", "text_hidden", "text_layers", "vocab_size", "seed"}
+    tower_keys = {"image_size", "patch_size", "vision_hidden", "vision_layers", "text_hidden", "text_layers",
+                  "vocab_size", "seed"}
     tower_kwargs = {k: build_kwargs.pop(k) for k in list(build_kwargs) if k in tower_keys}
     vision_dir, text_dir = save_tiny_towers(directory, corpus, **tower_kwargs)
     return build_llava(vision_dir, text_dir, **build_kwargs)
