@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 
 STACK_NAMES = {"ours": "ours (padding-free)", "ours_padded": "ours (padded)", "builtin": "built-in + TRL"}
-PHASE_ORDER = ("data", "collate", "vision", "projector+embed", "llm forward", "head+loss", "llm backward",
+PHASE_ORDER = ("data", "collate", "forward start", "vision", "projector+embed", "llm forward", "head+loss", "llm backward",
                "backward rest + clip", "optimizer", "total")
 
 
@@ -51,6 +51,9 @@ def validate(results: dict) -> list[str]:
                 for field in (f for f in mine if mine[f] != theirs[f]):
                     problems.append(f"{stage} {dtype} round {round_} step {step}: {stack} trained on other {field} "
                                     f"than the built-in stack: {mine[field]} vs {theirs[field]}")
+    curves = by_key(results["records"], "loss_curve", "stack")
+    if curves and curves[("ours",)][0]["batches"] != curves[("builtin",)][0]["batches"]:
+        problems.append("loss curve: the stacks trained on different samples")
     return problems
 
 
@@ -89,16 +92,24 @@ def training_table(results: dict) -> list[str]:
 
 
 def loss_agreement(results: dict) -> list[str]:
+    """The loss curve of both stacks step by step, and the largest per-step difference in every training cell."""
+    curves = {stack: runs[0]["losses"] for (stack,), runs in by_key(results["records"], "loss_curve", "stack").items()}
+    settings = results["settings"]
+    lines = [f"Loss curve, stage 2, fp32, batch {settings['curve_batch_size']}, same batches, step by step:", "",
+             "| step | " + " | ".join(str(i + 1) for i in range(len(curves["ours"]))) + " |",
+             "|---|" + "---|" * len(curves["ours"])]
+    lines += [f"| {STACK_NAMES[stack]} | " + " | ".join(f"{x:.4f}" for x in losses) + " |"
+              for stack, losses in curves.items()]
+    worst = max(abs(a - b) for a, b in zip(curves["ours"], curves["builtin"]))
+    lines += ["", f"Largest difference {worst:.2g}. In the timed runs above, largest per-step loss difference from "
+                  "the built-in stack:"]
     train = by_key(results["records"], "train", "dtype", "stage", "stack")
-    lines = []
-    for (dtype, stage, stack), runs in sorted(train.items()):
-        if stack == "builtin":
-            continue
-        reference = train[(dtype, stage, "builtin")]
-        worst = max(abs(a - b) for run, ref in zip(runs, reference) for a, b in zip(run["losses"], ref["losses"]))
-        lines.append(f"- {stage} {dtype}, {STACK_NAMES[stack]} vs built-in: largest per-step loss difference "
-                     f"{fmt(worst)} (losses {', '.join(fmt(x) for x in runs[0]['losses'])} vs "
-                     f"{', '.join(fmt(x) for x in reference[0]['losses'])})")
+    for stage, dtype in settings["cells"]:
+        differences = {stack: max(abs(a - b) for run, ref in zip(train[(dtype, stage, stack)],
+                                                                 train[(dtype, stage, "builtin")])
+                                  for a, b in zip(run["losses"], ref["losses"]))
+                       for stack in ("ours", "ours_padded")}
+        lines.append(f"- {stage} {dtype}: " + ", ".join(f"{STACK_NAMES[s]} {d:.2g}" for s, d in differences.items()))
     return lines
 
 
@@ -138,13 +149,14 @@ def chat_table(results: dict) -> list[str]:
 
 
 def profile_table(results: dict, dtype: str, stage: str = "stage2") -> list[str]:
+    """Seconds per step of each phase, from the round whose step time is the median (so the phases add up)."""
     train = by_key(results["records"], "train", "dtype", "stage", "stack")
-    lines = [f"| phase ({stage}, {dtype}, s per step) | " + " | ".join(STACK_NAMES.values()) + " |", "|---|---|---|---|"]
-    medians = {s: {p: statistics.median(r["phases"][p] for r in train[(dtype, stage, s)]) for p in PHASE_ORDER}
+    typical = {s: sorted(train[(dtype, stage, s)], key=lambda r: r["phases"]["total"])[len(train[(dtype, stage, s)]) // 2]
                for s in STACK_NAMES}
-    for phase in PHASE_ORDER:
-        cells = [f"{fmt(medians[s][phase])} ({100 * medians[s][phase] / medians[s]['total']:.0f} %)"
-                 for s in STACK_NAMES]
+    lines = [f"| phase ({stage}, {dtype}, s per step) | " + " | ".join(STACK_NAMES.values()) + " |", "|---|---|---|---|"]
+    for phase in (p for p in PHASE_ORDER if p in typical["ours"]["phases"]):
+        cells = [f"{fmt(run['phases'][phase])} ({100 * run['phases'][phase] / run['phases']['total']:.0f} %)"
+                 for run in typical.values()]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
     return lines
 
@@ -180,5 +192,15 @@ def render(results: dict) -> str:
     return "\n".join(out)
 
 
+def main(argv=None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if len(arguments) != 1:
+        print("usage: python -m benchmarks.report RESULTS_JSON", file=sys.stderr)
+        return 2
+    with open(arguments[0]) as stream:
+        print(render(json.load(stream)))
+    return 0
+
+
 if __name__ == "__main__":
-    print(render(json.loads(open(sys.argv[1]).read())))
+    sys.exit(main())

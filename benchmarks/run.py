@@ -1,9 +1,9 @@
 """Our LLaVA stack against transformers' built-in Llava + TRL, side by side, in one command.
 
-    python -m benchmarks.run                 # full run (~10-15 min on 2 cores), from the repository root
+    python -m benchmarks.run                 # full run (~17 min on 2 cores), from the repository root
     python -m benchmarks.run --quick         # one round instead of three
     python -m benchmarks.run --smoke         # a tiny model, seconds; checks the benchmark itself runs
-    python -m benchmarks.run --output runs/bench --threads 2
+    python -m benchmarks.run --output runs/bench --threads 2   # on a dedicated 2-core machine
 
 Every measurement runs in a fresh process forked from a server that has imported torch/transformers/TRL once, so
 each one starts from the same state and its peak RSS is its own. Measurements alternate between the stacks
@@ -33,12 +33,12 @@ STACKS = ("ours", "ours_padded", "builtin")
 CELLS = (("stage2", "fp32"), ("stage1", "fp32"), ("stage2", "bf16"))
 FULL = dict(rounds=3, cells=CELLS, warmup=1, steps=1, batch_size=4, matmul_size=2048, new_tokens=24,
             generate_repeats=2, generate_dtypes=("fp32", "bf16"), first_answer=16, chat_repeats=3,
-            chat_dtypes=("fp32",))
+            chat_dtypes=("fp32",), curve_batch_size=2, curve_steps=6)
 PROFILES = {
     "full": FULL,
     "quick": FULL | dict(rounds=1),
     "smoke": FULL | dict(rounds=1, batch_size=2, matmul_size=512, new_tokens=3, generate_repeats=1,
-                         generate_dtypes=("fp32",), first_answer=3, chat_repeats=1),
+                         generate_dtypes=("fp32",), first_answer=3, chat_repeats=1, curve_steps=2),
 }
 
 
@@ -49,7 +49,10 @@ def parse_args(argv):
     size.add_argument("--smoke", action="store_true", help="a tiny model and one round: checks that it runs")
     parser.add_argument("--output", default="runs/benchmark", help="where results.json and report.md go")
     parser.add_argument("--cache", default="runs/benchmark-cache", help="where the workload is built once")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in every measurement")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in every measurement (default 1: on a machine shared with other work, "
+                             "threads waiting for a busy core make small ops several times slower; on a dedicated "
+                             "machine pass its core count)")
     parser.add_argument("--rounds", type=int, help="rounds of alternating measurements (overrides the profile)")
     return parser.parse_args(argv)
 
@@ -77,6 +80,9 @@ def schedule(profile: dict, root: str) -> list[tuple[str, dict]]:
             tasks += [("second_turn", dict(root=root, method=method, dtype=dtype, first_answer=profile["first_answer"],
                                            repeats=profile["chat_repeats"]))
                       for method in rotated(("chat", "reencode_ours", "reencode_builtin"), round_)]
+    # The loss curve, once: the same steps with both stacks, so the losses can be compared step by step.
+    tasks += [("loss_curve", dict(root=root, stack=stack, stage="stage2", batch_size=profile["curve_batch_size"],
+                                  steps=profile["curve_steps"])) for stack in ("ours", "builtin")]
     return tasks
 
 

@@ -73,7 +73,7 @@ def training_args(output_dir, *, batch_size: int, steps: int, bf16: bool, seed: 
     """The same `SFTConfig` for every stack. bf16=True means Trainer's autocast (weights stay fp32) in both.
     Gradient checkpointing (TRL's default) is off for both: this mini model is compute- not memory-bound."""
     return SFTConfig(
-        output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=1e-4,
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=1e-3,
         lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
         disable_tqdm=True, gradient_checkpointing=False, bf16=bf16, assistant_only_loss=True, max_length=None,
         seed=seed, data_seed=seed, dataloader_num_workers=0,

@@ -71,6 +71,12 @@ def train(root, *, stack: str, stage: str, dtype: str, batch_size: int, steps: i
     }
 
 
+def loss_curve(root, *, stack: str, stage: str, batch_size: int, steps: int) -> dict:
+    """The per-step training losses of `steps` fp32 steps (timings not used)."""
+    result = train(root, stack=stack, stage=stage, dtype="fp32", batch_size=batch_size, steps=steps, warmup=0)
+    return {key: result[key] for key in ("losses", "batches")}
+
+
 def prompts(root, processor, batch: int, dtype: torch.dtype) -> dict:
     """The first question (with its image) of `batch` conversations, rendered and left-padded by `processor`."""
     rows = load_dataset(root).select(range(batch))
@@ -155,4 +161,5 @@ def matmul(*, dtype: str, size: int) -> dict:
     return {"flops_per_s": matmul_peak(DTYPES[dtype], size=size)}
 
 
-TASKS = {"prepare_workload": prepare_workload, "train": train, "generate": generate, "second_turn": second_turn, "matmul": matmul}
+TASKS = {"prepare_workload": prepare_workload, "train": train, "loss_curve": loss_curve, "generate": generate,
+         "second_turn": second_turn, "matmul": matmul}

@@ -13,6 +13,7 @@ work for any LM head, including TRL's fused one that never calls `lm_head` as a 
 
 Phases, in step order (a step starts when the previous one ends):
 - data: fetching and collating the batch, plus the previous step's logging;
+- forward start: from the step's start to the vision tower (moving inputs, the token embeddings);
 - vision: the vision tower's forward (frozen: no backward);
 - projector+embed: the projector, token embeddings and image-feature splice (the time between vision and LLM);
 - llm forward / llm backward: the language model's layers;
@@ -31,6 +32,7 @@ from transformers import TrainerCallback
 
 PHASES = {  # phase -> (start event, end event)
     "data": ("previous_step_end", "step_begin"),
+    "forward start": ("step_begin", "vision_start"),
     "vision": ("vision_start", "vision_end"),
     "projector+embed": ("vision_end", "llm_start"),
     "llm forward": ("llm_start", "llm_end"),
