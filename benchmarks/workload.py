@@ -1,0 +1,166 @@
+"""The benchmark's workload: a mini LLaVA with the paper's proportions and synthetic LLaVA-shaped conversations.
+
+    workload = Workload()                      # or SMOKE for a seconds-long run
+    prepare(workload, "cache/bench")           # writes model/, builtin/ (processor) and data/ once
+
+The model keeps LLaVA-v1's shapes where they drive the cost: 224-px images cut into 14-px patches (256 image tokens
+per image, CLS dropped), a CLIP-style tower, a Llama-shaped LLM with grouped-query attention, a 32k vocabulary and
+the 2-layer GELU projector (the layout transformers' built-in Llava shares, so both stacks load the same weights).
+
+The tokenizer is the package's Llama-like BPE (`tiny.train_tokenizer`) trained on generated pseudo-words: a BPE
+trainer needs enough distinct words to learn 32k merges, and pseudo-words built from syllables give them. Answers
+are drawn from the vocabulary's whole-word tokens, so an answer of n words is n tokens and the length distribution
+below is the token-length distribution: log-normal (median `answer_median`, clipped to `[answer_min,
+answer_max]`), a few to a few hundred tokens, most short, a long tail as in LLaVA-Instruct.
+"""
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+
+from transformers_llava import build_llava
+from transformers_llava.tiny import BASE_CORPUS, train_tokenizer
+
+SYLLABLES = [c + v + tail for c in "bcdfghjklmnprstvwz" for v in "aeiou" for tail in ("", "n")]
+
+
+@dataclass(frozen=True)
+class Workload:
+    image_size: int = 224
+    patch_size: int = 14
+    vision_hidden: int = 256
+    vision_layers: int = 4
+    text_hidden: int = 512
+    text_layers: int = 4
+    text_heads: int = 8
+    text_kv_heads: int = 4
+    vocab_size: int = 32000
+    samples: int = 96
+    max_turns: int = 4
+    answer_median: int = 40
+    answer_sigma: float = 0.9
+    answer_min: int = 3
+    answer_max: int = 350
+    seed: int = 0
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+SMOKE = Workload(image_size=56, vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1, text_heads=4,
+                 text_kv_heads=2, vocab_size=1200, samples=12, max_turns=2, answer_median=6, answer_max=24)
+
+
+def pseudo_words(count: int, rng: random.Random) -> list[str]:
+    words = set()
+    while len(words) < count:
+        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def build_tokenizer(workload: Workload):
+    rng = random.Random(workload.seed)
+    words = pseudo_words(2 * workload.vocab_size, rng)
+    corpus = BASE_CORPUS + [" ".join(words[i:i + 16]) for i in range(0, len(words), 16)]
+    return train_tokenizer(corpus, vocab_size=workload.vocab_size)
+
+
+def whole_word_tokens(tokenizer) -> list[str]:
+    """Words the tokenizer keeps as one token (`▁word`), so n of them joined by spaces are exactly n tokens."""
+    return sorted(token[1:] for token in tokenizer.get_vocab() if token.startswith("▁") and token[1:].isalpha())
+
+
+def build_model(workload: Workload):
+    """(model, processor): the mini LLaVA, random weights, built through `build_llava` like a real one."""
+    torch.manual_seed(workload.seed)
+    vision = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=workload.vision_hidden, intermediate_size=4 * workload.vision_hidden,
+        num_hidden_layers=workload.vision_layers, num_attention_heads=max(1, workload.vision_hidden // 64),
+        image_size=workload.image_size, patch_size=workload.patch_size, projection_dim=workload.vision_hidden,
+    ))
+    tokenizer = build_tokenizer(workload)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=workload.text_hidden,
+        intermediate_size=int(workload.text_hidden * 2.6875),  # Llama-7B's 11008 / 4096
+        num_hidden_layers=workload.text_layers, num_attention_heads=workload.text_heads,
+        num_key_value_heads=workload.text_kv_heads, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    ))
+    lm.generation_config.eos_token_id = tokenizer.eos_token_id
+    return build_llava(vision, lm, tokenizer, projector_type="mlp2x_gelu")
+
+
+def synthetic_image(rng: random.Random, size: int) -> Image.Image:
+    """A few filled shapes on a colored background, at a random size around the tower's (resize + crop do work)."""
+    width, height = (rng.randint(size, 2 * size) for _ in range(2))
+    image = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(1, 6)):
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = rng.randint(size // 16, size // 3)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
+    return image
+
+
+def answer_length(rng: random.Random, workload: Workload) -> int:
+    length = round(math.exp(rng.gauss(math.log(workload.answer_median), workload.answer_sigma)))
+    return min(max(length, workload.answer_min), workload.answer_max)
+
+
+def conversation(index: int, rng: random.Random, words: list[str], workload: Workload) -> dict:
+    """One row `{"id", "messages", "images"}` as `training.data` produces: one image, 1..max_turns turns."""
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    messages = []
+    for turn in range(rng.randint(1, workload.max_turns)):
+        question = [{"type": "text", "text": text(rng.randint(4, 20)) + "?"}]
+        if turn == 0:
+            question.insert(0, {"type": "image", "text": None})
+        messages.append({"role": "user", "content": question})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": text(answer_length(rng, workload))}]})
+    return {"id": f"sample-{index}", "messages": messages, "images": [synthetic_image(rng, workload.image_size)]}
+
+
+def build_dataset(workload: Workload, tokenizer) -> datasets.Dataset:
+    rng = random.Random(workload.seed + 1)
+    words = whole_word_tokens(tokenizer)
+    rows = [conversation(i, rng, words, workload) for i in range(workload.samples)]
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "messages": [{"role": datasets.Value("string"),
+                      "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}],
+        "images": [datasets.Image()],
+    })
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def prepare(workload: Workload, directory: str | Path) -> Path:
+    """Write the model, its processor and the dataset under `directory` (reused when the workload is unchanged)."""
+    root = Path(directory)
+    stamp = root / "workload.json"
+    if stamp.exists() and stamp.read_text() == repr(asdict(workload)):
+        return root
+    model, processor = build_model(workload)
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    build_dataset(workload, processor.tokenizer).save_to_disk(root / "data")
+    stamp.write_text(repr(asdict(workload)))
+    return root
+
+
+def sequence_lengths(dataset: datasets.Dataset, processor) -> np.ndarray:
+    """Token count of each sample with its image expanded (what both stacks feed the LLM)."""
+    from transformers_llava.training.collator import LlavaDataCollator
+
+    collator = LlavaDataCollator(processor)
+    tokens = processor.num_image_tokens(*[processor.image_processor.crop_size[k] for k in ("height", "width")])
+    return np.array([len(collator.encode(row, tokens)[0]) for row in dataset])
