@@ -4,9 +4,12 @@
     chat.ask("What is unusual about this image?", images=[Image.open("ironing.jpg")])
     chat.ask("Why might he be doing that?")        # no image re-encoding, no re-reading of earlier turns
 
-Each turn renders the whole conversation with the processor's chat template and tokenises it, then reuses the
-cache for the longest prefix it shares with what was already computed (the image tokens, earlier questions and
-answers) and runs the model only on the rest. Only images whose tokens fall in that rest are encoded.
+The conversation so far is kept as the exact token ids the model read and wrote, with their keys and values in the
+cache (an answer cut by `max_new_tokens` is closed with the stop token the template puts after it). A new turn
+appends only its own tokens — tokenised in context, as they are when the whole conversation is tokenised — and the
+model runs on those alone; only images of the new turn are encoded. The first turn, or a template that does not
+render a conversation as an extension of its earlier turns, re-tokenises instead and reuses the cache for the longest
+shared prefix, never splitting an image.
 """
 
 import numpy as np
@@ -33,45 +36,82 @@ class LlavaChat:
         self.messages = [{"role": "system", "content": system}] if system else []
         self.images: list = []
         self.cache = DynamicCache(config=model.config.get_text_config())
-        self.cached_ids = torch.empty(0, dtype=torch.long)  # the tokens whose keys/values are in the cache
+        self.ids = torch.empty(0, dtype=torch.long)  # every token read or written so far
+        self.prompt_length = 0
+        self.rendered = ""  # the conversation's text, when `ids` are exactly its tokens up to a finished answer
         self.generate_kwargs = {"do_sample": False, "max_new_tokens": 256, **generate_kwargs}
-
-    def _tokenize(self) -> torch.Tensor:
-        prompt = self.processor.apply_chat_template(self.messages, add_generation_prompt=True)
-        ids = np.asarray(self.processor.tokenizer(prompt)["input_ids"])  # BOS added, as the processor does
-        return torch.from_numpy(expand_image_tokens(ids, self.processor.image_token_id, self.tokens_per_image))
 
     @property
     def tokens_per_image(self) -> int:
         crop = self.processor.image_processor.crop_size
         return self.processor.num_image_tokens(crop["height"], crop["width"])
 
-    def ask(self, text: str, images: list | None = None, **generate_kwargs) -> str:
-        images = list(images or [])
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-        self.messages.append({"role": "user", "content": content})
-        self.images += images
-        ids = self._tokenize()
-        reuse = common_prefix(ids, self.cached_ids)
-        reuse = min(reuse, len(ids) - 1)  # at least one token must run to produce the next one
+    def _expand(self, ids) -> torch.Tensor:
+        ids = np.asarray(ids, dtype=np.int64)
+        return torch.from_numpy(expand_image_tokens(ids, self.processor.image_token_id, self.tokens_per_image))
+
+    def _continuation(self, prompt: str) -> torch.Tensor | None:
+        """The new turn's tokens as they fall in the whole conversation's tokenisation, or None when they cannot be
+        separated cleanly from what is already cached."""
+        if not self.rendered or not prompt.startswith(self.rendered):
+            return None
+        encoding = self.processor.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        starts = [start for start, end in encoding["offset_mapping"]]
+        if len(self.rendered) not in starts:
+            return None  # a token straddles the boundary
+        return self._expand(encoding["input_ids"][starts.index(len(self.rendered)):])
+
+    def _retokenised(self, prompt: str) -> tuple[torch.Tensor, int, int]:
+        """The whole conversation tokenised again; returns (ids, tokens reusable from the cache, first image to
+        encode)."""
+        ids = self._expand(self.processor.tokenizer(prompt)["input_ids"])  # BOS added, as the processor does
+        reuse = min(common_prefix(ids, self.ids[: self.cache.get_seq_length()]), len(ids) - 1)
         first_new_image = len(self.images)
-        if self.images:
-            # Never split an image: recompute from the start of the first image not wholly in the cache.
+        if self.images:  # never split an image: recompute from the first image not wholly in the cache
             starts = (ids == self.processor.image_token_id).nonzero().flatten()[:: self.tokens_per_image]
             first_new_image = int((starts + self.tokens_per_image <= reuse).sum())
             if first_new_image < len(self.images):
                 reuse = min(reuse, int(starts[first_new_image]))
+        return ids, reuse, first_new_image
+
+    def ask(self, text: str, images: list | None = None, **generate_kwargs) -> str:
+        images = list(images or [])
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        self.messages.append({"role": "user", "content": content})
+        prompt = self.processor.apply_chat_template(self.messages, add_generation_prompt=True)
+        new = self._continuation(prompt)
+        if new is not None:
+            ids, reuse, first_new_image = torch.cat([self.ids, new]), self.cache.get_seq_length(), len(self.images)
+        else:
+            ids, reuse, first_new_image = self._retokenised(prompt)
+        self.images += images
         self.cache.crop(-(self.cache.get_seq_length() - reuse))  # a negative count removes that many tokens
         inputs = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
-        new_images = self.images[first_new_image:]
-        if new_images:
-            inputs["pixel_values"] = self.processor.image_processor(new_images, return_tensors="pt")["pixel_values"]
+        if self.images[first_new_image:]:
+            inputs["pixel_values"] = self.processor.image_processor(
+                self.images[first_new_image:], return_tensors="pt")["pixel_values"]
         output = self.model.generate(**inputs, past_key_values=self.cache,
                                      **{**self.generate_kwargs, **generate_kwargs})
-        self.cached_ids = output[0, : self.cache.get_seq_length()]
-        answer = self.processor.tokenizer.decode(output[0, len(ids):], skip_special_tokens=True).strip()
+        self.prompt_length = len(ids)  # where the last answer starts in `ids`
+        answer_ids = output[0, len(ids):]
+        answer = self.processor.tokenizer.decode(answer_ids, skip_special_tokens=True)
+        stop_strings = self.model.generation_config.stop_strings or []
+        stops = [s for s in stop_strings if answer.rstrip().endswith(s)]
+        answer = (answer.rstrip()[: -len(stops[0])] if stops else answer).strip()
         self.messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        self.ids = torch.cat([output[0], self._closing(answer_ids, stops, stop_strings)])
+        self.rendered = self.processor.apply_chat_template(self.messages)
         return answer
+
+    def _closing(self, answer_ids: torch.Tensor, stops: list[str], stop_strings: list[str]) -> torch.Tensor:
+        """The stop the template puts after an answer, when generation did not write it (cut by max_new_tokens)."""
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        if stops or (len(answer_ids) and int(answer_ids[-1]) in eos_ids):
+            return torch.empty(0, dtype=torch.long)
+        if stop_strings:
+            return torch.tensor(self.processor.tokenizer(stop_strings[0], add_special_tokens=False)["input_ids"])
+        return torch.tensor([self.processor.tokenizer.eos_token_id])
 
 
 __all__ = ["LlavaChat", "expand_image_tokens"]
