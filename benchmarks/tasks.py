@@ -144,7 +144,7 @@ def second_turn(root, *, method: str, dtype: str, first_answer: int, repeats: in
                 run_tokens = inputs["input_ids"].shape[1]
             times.append(time.perf_counter() - start)
     return {"seconds": times[1:], "tokens_run": run_tokens, "first_token": first_tokens[-1],
-            "context_tokens": len(chat.cached_ids) if method == "chat" else run_tokens}
+            "context_tokens": chat.prompt_length if method == "chat" else run_tokens}
 
 
 def prepare_workload(*, smoke: bool, cache: str) -> dict:

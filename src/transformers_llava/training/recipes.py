@@ -75,6 +75,7 @@ class TrainingSection:
     optim: str = "adamw_torch"
     bf16: bool = True
     gradient_checkpointing: bool = True
+    padding_free: bool = False  # pack each batch into one row (positions restart per sample): no padding computed
     seed: int = 42
     save_steps: int = 500
     save_total_limit: int | None = 1

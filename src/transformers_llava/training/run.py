@@ -171,7 +171,8 @@ def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict,
             f"{recipe.source}: the recipe was resolved for {recipe.num_processes} process(es) but the Trainer runs on "
             f"{args.world_size}: the global batch would be {effective}, not {recipe.training.global_batch_size}.")
     return make_trainer(model, processor, dataset, args, stage=recipe.stage, chat_template=recipe.data.chat_template,
-                        projector_lr=recipe.training.projector_lr, lora=lora)
+                        projector_lr=recipe.training.projector_lr, padding_free=recipe.training.padding_free,
+                        lora=lora)
 
 
 def finish(recipe: Recipe, trainer, processor, result, state: PartialState) -> None:

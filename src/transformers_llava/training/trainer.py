@@ -50,7 +50,9 @@ def make_trainer(
 
     `chat_template` names a conversation format to train with (e.g. `plain` for stage 1, as in the released code)
     without changing the processor's own; `padding_free` packs each batch into one row."""
-    if padding_free:  # per-sample causal attention inside packed rows: Σ L_i² work, no (ΣL)² mask
+    if padding_free and model.config.text_config._attn_implementation in ("sdpa", "eager", None):
+        # Per-sample causal attention inside packed rows: Σ L_i² work, no (ΣL)² mask. Flash-attention
+        # implementations read packed rows from position_ids themselves and are left alone.
         model.set_attn_implementation({"text_config": PACKED_SDPA})
     model = prepare_stage(model, stage, lora=lora)
     print(f"{stage}: trainable parameters\n{trainable_parameters(model)}")
