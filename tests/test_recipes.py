@@ -45,6 +45,9 @@ def test_variant_specific_settings():
             v15.data.chat_template, v15.data.max_length) == ("mlp2x_gelu", "pad", "vicuna_v1", "plain", 2048)
     lora = load_recipe(EXAMPLES / "lora.yaml")
     assert (lora.stage, lora.lora.r, lora.lora.alpha, lora.training.projector_lr) == ("lora", 128, 256, 2e-5)
+    # the released finetuning scripts group samples by modality length; its pretraining (all with images) does not
+    assert [load_recipe(EXAMPLES / name).training.group_by_modality_length for name in
+            ("llava_v1_5_stage1.yaml", "llava_v1_5_stage2.yaml", "lora.yaml")] == [False, True, True]
     sqa = load_recipe(EXAMPLES / "scienceqa.yaml")
     assert (sqa.data.format, sqa.data.prompt_format) == ("scienceqa", "QCM-LEPA")  # reasoning before the answer
 
@@ -74,6 +77,8 @@ def raw(**changes):
     ({"model__projector_type": "mlp2x_gelu", "model__checkpoint": "x"}, 1,
      r"model\.projector_type only applies when building from towers"),
     ({"data__streaming": True}, 1, r"data\.streaming needs training\.max_steps > 0"),
+    ({"data__streaming": True, "training__max_steps": 10, "training__group_by_modality_length": True}, 1,
+     r"training\.group_by_modality_length needs the whole dataset .* data\.streaming=true"),
     ({"data__chat_template": "chatml"}, 1, r"data\.chat_template: unknown conversation format 'chatml'"),
     ({"data__prompt_format": "QCM-LEPA"}, 1, r"data\.prompt_format only applies to data\.format scienceqa"),
     ({"training__warmup_ratio": 3}, 1, r"training\.warmup_ratio must be in \[0, 1\), got 3"),

@@ -76,6 +76,7 @@ class TrainingSection:
     bf16: bool = True
     gradient_checkpointing: bool = True
     padding_free: bool = False  # pack each batch into one row (positions restart per sample): no padding computed
+    group_by_modality_length: bool = False  # every optimizer step from one modality (LLaVA-1.5); not with streaming
     seed: int = 42
     save_steps: int = 500
     save_total_limit: int | None = 1
@@ -289,6 +290,9 @@ def check_recipe(recipe: Recipe) -> None:
             _fail(recipe, f"data.prompt_format: {error}")
     if data.streaming and training.max_steps <= 0:
         _fail(recipe, "data.streaming needs training.max_steps > 0: a stream has no length to count epochs by")
+    if data.streaming and training.group_by_modality_length:
+        _fail(recipe, "training.group_by_modality_length needs the whole dataset to order; it cannot be combined "
+                      "with data.streaming=true")
     positive = {"data.max_length": data.max_length, "training.global_batch_size": training.global_batch_size,
                 "training.per_device_batch_size": training.per_device_batch_size,
                 "training.learning_rate": training.learning_rate, "training.save_steps": training.save_steps,

@@ -172,6 +172,7 @@ def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict,
             f"{args.world_size}: the global batch would be {effective}, not {recipe.training.global_batch_size}.")
     return make_trainer(model, processor, dataset, args, stage=recipe.stage, chat_template=recipe.data.chat_template,
                         projector_lr=recipe.training.projector_lr, padding_free=recipe.training.padding_free,
+                        group_by_modality_length=recipe.training.group_by_modality_length,
                         lora=lora)
 
 

@@ -15,6 +15,7 @@ from trl import SFTConfig, SFTTrainer
 from ..chat_templates import load_chat_template
 from ..packed_attention import PACKED_SDPA
 from .collator import LlavaDataCollator
+from .sampler import ModalityLengthGroupedSampler, modality_lengths
 from .stages import ProjectorLearningRate, prepare_stage, trainable_parameters
 
 
@@ -22,7 +23,25 @@ class LlavaSFTTrainer(SFTTrainer):
     """`SFTTrainer` whose loss evaluates the LM head only where a token is supervised (`loss_only=True`).
 
     TRL's fused head scores every position on CPU; with 256 image tokens and the prompt per sample, most of that
-    vocabulary matmul is thrown away. The loss is the same (per token, normalised by `num_items_in_batch`)."""
+    vocabulary matmul is thrown away. The loss is the same (per token, normalised by `num_items_in_batch`).
+    `group_by_modality_length=True` draws each optimizer step from one modality, as LLaVA-1.5 trained."""
+
+    def __init__(self, *args, group_by_modality_length: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_by_modality_length = group_by_modality_length
+        if group_by_modality_length and self.args.train_sampling_strategy != "random":
+            raise ValueError(f"group_by_modality_length=True orders the samples itself; it cannot be combined with "
+                             f"train_sampling_strategy={self.args.train_sampling_strategy!r}.")
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        return ModalityLengthGroupedSampler(
+            modality_lengths(dataset), micro_batch=self.args.per_device_train_batch_size,
+            micro_batches_per_step=self.args.world_size * self.args.gradient_accumulation_steps,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, use_cache=False, loss_only=True, num_items_in_batch=num_items_in_batch)
@@ -42,6 +61,7 @@ def make_trainer(
     chat_template: str | None = None,
     projector_lr: float | None = None,
     padding_free: bool = False,
+    group_by_modality_length: bool = False,
     lora=None,
     eval_dataset=None,
     callbacks=None,
@@ -49,7 +69,8 @@ def make_trainer(
     """An `SFTTrainer` for one stage (`stage1`, `stage2` or `lora`).
 
     `chat_template` names a conversation format to train with (e.g. `plain` for stage 1, as in the released code)
-    without changing the processor's own; `padding_free` packs each batch into one row."""
+    without changing the processor's own; `padding_free` packs each batch into one row;
+    `group_by_modality_length` gives every optimizer step samples of one modality (`sampler.py`)."""
     if padding_free and model.config.text_config._attn_implementation in ("sdpa", "eager", None):
         # Per-sample causal attention inside packed rows: Σ L_i² work, no (ΣL)² mask. Flash-attention
         # implementations read packed rows from position_ids themselves and are left alone.
@@ -72,6 +93,7 @@ def make_trainer(
         data_collator=collator,
         callbacks=callbacks,
         optimizer_cls_and_kwargs=optimizer,
+        group_by_modality_length=group_by_modality_length,
     )
 
 
