@@ -66,7 +66,9 @@ def free_port() -> int:
 def test_two_processes_train_together_and_save_once(towers, base_checkpoint, tiny_data, tmp_path):
     out = tmp_path / "ddp"
     recipe = EXAMPLES / "llava_v1_stage1.yaml"
-    overrides = tiny_overrides(recipe, towers, base_checkpoint, tiny_data, out, max_steps=3, save_steps=2)
+    # Modality grouping on: its sampler yields the global order that accelerate shards between the ranks.
+    overrides = tiny_overrides(recipe, towers, base_checkpoint, tiny_data, out, max_steps=3, save_steps=2,
+                               group_by_modality_length=True)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), "-m", "transformers_llava.cli", "train", str(recipe),
