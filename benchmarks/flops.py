@@ -52,7 +52,7 @@ class ModelShape:
             projector=linear_params(base.multi_modal_projector),
             vision_linear=linear_params(base.vision_tower), vision_layers=vision.num_hidden_layers,
             vision_hidden=vision.hidden_size, vision_tokens=patches + 1,
-            image_tokens=patches + (1 if model.config.vision_feature_select_strategy == "full" else 0),
+            image_tokens=model.config.image_seq_length,
         )
 
 

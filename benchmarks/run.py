@@ -24,9 +24,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .report import render, validate
+from .report import STACK_NAMES, render, validate
 
-STACKS = ("ours", "ours_padded", "builtin")
+STACKS = tuple(STACK_NAMES)
 # rounds: of alternating measurements; cells: (stage, dtype) trained; warmup + steps: optimizer steps per training
 # measurement (only `steps` timed); generate_dtypes / chat_dtypes: weights' dtype for inference. bf16 is measured
 # for stage 2 only: it is the stage the targets are about, and on CPUs without native bf16 it is the slow path.

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transformers_llava import LlavaProcessor
 from transformers_llava.chat import LlavaChat
 
 from .flops import ModelShape, matmul_peak, step_flops
@@ -151,7 +152,7 @@ def prepare_workload(*, smoke: bool, cache: str) -> dict:
     """Build (or reuse) the workload under `cache`; returns where it is and what its samples look like."""
     workload = SMOKE if smoke else Workload()
     root = prepare(workload, Path(cache) / ("smoke" if smoke else "full"))
-    _, processor = load_model("ours", root)
+    processor = LlavaProcessor.from_pretrained(Path(root) / "model")
     lengths = sequence_lengths(load_dataset(root), processor)
     return {"root": str(root), "workload": vars(workload) | {"image_tokens": workload.image_tokens},
             "sequence_lengths": lengths.tolist()}

@@ -1,7 +1,7 @@
 """The benchmark's workload: a mini LLaVA with the paper's proportions and synthetic LLaVA-shaped conversations.
 
     workload = Workload()                      # or SMOKE for a seconds-long run
-    prepare(workload, "cache/bench")           # writes model/, builtin/ (processor) and data/ once
+    prepare(workload, "cache/bench")           # writes model/ and data/ once
 
 The model keeps LLaVA-v1's shapes where they drive the cost: 224-px images cut into 14-px patches (256 image tokens
 per image, CLS dropped), a CLIP-style tower, a Llama-shaped LLM with grouped-query attention, a 32k vocabulary and
@@ -159,8 +159,6 @@ def prepare(workload: Workload, directory: str | Path) -> Path:
 
 def sequence_lengths(dataset: datasets.Dataset, processor) -> np.ndarray:
     """Token count of each sample with its image expanded (what both stacks feed the LLM)."""
-    from transformers_llava.training.collator import LlavaDataCollator
+    from transformers_llava.training.data import sequence_length
 
-    collator = LlavaDataCollator(processor)
-    tokens = processor.num_image_tokens(*[processor.image_processor.crop_size[k] for k in ("height", "width")])
-    return np.array([len(collator.encode(row, tokens)[0]) for row in dataset])
+    return np.array([sequence_length(row["messages"], len(row["images"]), processor) for row in dataset])

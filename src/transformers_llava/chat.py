@@ -41,14 +41,10 @@ class LlavaChat:
         self.rendered = ""  # the conversation's text, when `ids` are exactly its tokens up to a finished answer
         self.generate_kwargs = {"do_sample": False, "max_new_tokens": 256, **generate_kwargs}
 
-    @property
-    def tokens_per_image(self) -> int:
-        crop = self.processor.image_processor.crop_size
-        return self.processor.num_image_tokens(crop["height"], crop["width"])
-
     def _expand(self, ids) -> torch.Tensor:
         ids = np.asarray(ids, dtype=np.int64)
-        return torch.from_numpy(expand_image_tokens(ids, self.processor.image_token_id, self.tokens_per_image))
+        return torch.from_numpy(expand_image_tokens(ids, self.processor.image_token_id,
+                                                    self.processor.tokens_per_image))
 
     def _continuation(self, prompt: str) -> torch.Tensor | None:
         """The new turn's tokens as they fall in the whole conversation's tokenisation, or None when they cannot be
@@ -68,8 +64,9 @@ class LlavaChat:
         reuse = min(common_prefix(ids, self.ids[: self.cache.get_seq_length()]), len(ids) - 1)
         first_new_image = len(self.images)
         if self.images:  # never split an image: recompute from the first image not wholly in the cache
-            starts = (ids == self.processor.image_token_id).nonzero().flatten()[:: self.tokens_per_image]
-            first_new_image = int((starts + self.tokens_per_image <= reuse).sum())
+            per_image = self.processor.tokens_per_image
+            starts = (ids == self.processor.image_token_id).nonzero().flatten()[::per_image]
+            first_new_image = int((starts + per_image <= reuse).sum())
             if first_new_image < len(self.images):
                 reuse = min(reuse, int(starts[first_new_image]))
         return ids, reuse, first_new_image

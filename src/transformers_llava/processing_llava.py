@@ -89,6 +89,12 @@ class TransformersLlavaProcessor(ProcessorMixin):
         count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
         return count - 1 if self.vision_feature_select_strategy == "default" else count
 
+    @property
+    def tokens_per_image(self) -> int:
+        """Tokens every image becomes: the image processor outputs `crop_size` pixels, whatever the input size."""
+        crop = self.image_processor.crop_size
+        return self.num_image_tokens(crop["height"], crop["width"])
+
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         height, width = image_inputs["pixel_values"][image_idx].shape[-2:]
         return self.image_token * self.num_image_tokens(height, width)
