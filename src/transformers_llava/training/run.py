@@ -10,8 +10,6 @@ Every process runs the same code; only the main process writes the run file, the
 """
 
 import copy
-import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,6 +74,7 @@ def with_chat_template(processor, name: str | None):
 
 def scienceqa_json(recipe: Recipe, state: PartialState) -> Path:
     """ScienceQA's `problems.json` -> LLaVA JSON in the run folder (written by the main process, read by all)."""
+    from ..data_generation.conversations import write_llava_json
     from ..evaluation.scienceqa_data import load_scienceqa, to_llava_records
 
     data = recipe.data
@@ -83,10 +82,7 @@ def scienceqa_json(recipe: Recipe, state: PartialState) -> Path:
     path = Path(recipe.training.output_dir) / f"scienceqa_{split}_{prompt_format}.json"
     with state.main_process_first():
         if state.is_main_process:
-            records = to_llava_records(load_scienceqa(data.path, split), prompt_format)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(records), encoding="utf-8")
-            os.replace(temporary, path)
+            write_llava_json(to_llava_records(load_scienceqa(data.path, split), prompt_format), path)
     return path
 
 
@@ -113,8 +109,8 @@ def load_data(recipe: Recipe, processor, state: PartialState):
 def sft_config(recipe: Recipe, use_cpu: bool = False) -> SFTConfig:
     """The recipe's training settings as TRL's `SFTConfig` (batch sizes resolved for this number of processes)."""
     t = recipe.training
-    return SFTConfig(use_cpu=use_cpu,
-        output_dir=t.output_dir, per_device_train_batch_size=t.per_device_batch_size,
+    return SFTConfig(
+        use_cpu=use_cpu, output_dir=t.output_dir, per_device_train_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps, learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs, max_steps=t.max_steps, lr_scheduler_type=t.lr_scheduler_type,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, optim=t.optim, bf16=t.bf16,
