@@ -214,6 +214,25 @@ def test_records_file_drops_a_torn_last_line(tmp_path):
     assert path.read_text().splitlines()[-1] == '{"key": "c", "n": 3}'
 
 
+@pytest.mark.parametrize("records, torn", [
+    ([{"key": "a", "text": "x" * 200_000}], b'{"key": "b", "text": "' + b"y" * 150_000),  # both span read chunks
+    ([], b'{"key": "a", "n": 1'),  # the first line torn: nothing is left
+    ([{"key": "a"}], b""),  # nothing torn
+])
+def test_torn_last_lines_of_any_length_are_dropped(tmp_path, records, torn):
+    path = tmp_path / "records.jsonl"
+    with RecordStore(path) as store:
+        for record in records:
+            store.append(record)
+    complete = path.read_bytes()
+    with open(path, "ab") as out:
+        out.write(torn)
+    with RecordStore(path) as store:
+        assert store.dropped_bytes == len(torn)
+        assert list(store.records()) == records
+    assert path.read_bytes() == complete
+
+
 def test_records_file_refuses_a_second_writer_and_corrupt_lines(tmp_path):
     path = tmp_path / "records.jsonl"
     with RecordStore(path):  # flock locks belong to an open file, so a second open here conflicts like a process

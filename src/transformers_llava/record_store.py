@@ -21,6 +21,19 @@ except ImportError:  # not POSIX: no cross-process lock, the rest works
     fcntl = None
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """`(line number, record)` for every non-blank line of a JSONL file; a line that is not JSON is an error naming
+    the file and the line."""
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number} is not JSON ({error}): {line[:120]!r}") from None
+
+
 class RecordStore:
     def __init__(self, path: str | os.PathLike, fsync: bool = False):
         """Open (creating) `path` for appending; `fsync=True` also forces each line to disk (power loss, not only
@@ -38,15 +51,18 @@ class RecordStore:
         self.dropped_bytes = self._drop_torn_tail()
 
     def _drop_torn_tail(self) -> int:
-        """Truncate a last line that lacks its newline (a write cut short); returns the bytes dropped."""
+        """Truncate a last line that lacks its newline (a write cut short); returns the bytes dropped. Only the
+        last line can be torn, so the file is read backwards from its end to the last newline."""
         size = self._file.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        self._file.seek(0)
-        complete = 0
-        for line in self._file:
-            if line.endswith(b"\n"):
-                complete += len(line)
+        complete = size
+        while complete > 0:
+            start = max(0, complete - 65536)
+            self._file.seek(start)
+            newline = self._file.read(complete - start).rfind(b"\n")
+            if newline >= 0:
+                complete = start + newline + 1
+                break
+            complete = start
         if complete < size:
             self._file.truncate(complete)
         self._file.seek(0, os.SEEK_END)
@@ -54,14 +70,8 @@ class RecordStore:
 
     def records(self) -> Iterator[dict]:
         """Every record in the file, in the order written; a complete line that is not JSON is an error."""
-        with open(self.path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{self.path} line {number} is not JSON ({error}): {line[:120]!r}") from None
+        for _, record in iter_jsonl(self.path):
+            yield record
 
     def append(self, record: dict) -> None:
         self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -9,10 +9,11 @@
 """
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..record_store import iter_jsonl
 
 
 def read_captions(path: str | os.PathLike, caption_field: str = "caption", image_field: str = "image",
@@ -38,20 +39,13 @@ def read_cc3m_tsv(path: Path) -> Iterator[dict]:
 
 
 def read_jsonl_captions(path: Path, caption_field: str, image_field: str, id_field: str) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number}: not JSON ({error})") from None
-            caption, image = record.get(caption_field), record.get(image_field)
-            if not isinstance(caption, str) or not caption.strip() or not isinstance(image, str):
-                raise ValueError(f"{path} line {number}: needs a non-empty string {caption_field!r} and a string "
-                                 f"{image_field!r}, got {caption!r:.80} and {image!r:.80}")
-            identifier = record.get(id_field, Path(image).stem)
-            yield {"id": str(identifier), "image": image, "caption": caption.strip()}
+    for number, record in iter_jsonl(path):
+        caption, image = record.get(caption_field), record.get(image_field)
+        if not isinstance(caption, str) or not caption.strip() or not isinstance(image, str):
+            raise ValueError(f"{path} line {number}: needs a non-empty string {caption_field!r} and a string "
+                             f"{image_field!r}, got {caption!r:.80} and {image!r:.80}")
+        identifier = record.get(id_field, Path(image).stem)
+        yield {"id": str(identifier), "image": image, "caption": caption.strip()}
 
 
 def caption_dataset(path: str | os.PathLike, *, caption_field: str = "caption", image_field: str = "image",

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..record_store import iter_jsonl
+
 CAPTIONS_PER_IMAGE = 5  # the paper's symbolic representation uses the five COCO captions
 BOX_DECIMALS = 3  # as in the released caps files: `tie: [0.574, 0.298, 0.752, 0.704]`
 
@@ -42,18 +44,10 @@ def validate_image(image: dict, where: str) -> dict:
 def read_caps_boxes_jsonl(path: str | os.PathLike) -> list[dict]:
     """Images from a released `caps_boxes` JSONL file (`{id, image, captions, instances}` per line)."""
     images = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not JSON ({error})") from None
-            record.setdefault("instances", [])
-            record["id"] = str(record.get("id", ""))
-            images.append(validate_image(record, where))
+    for number, record in iter_jsonl(path):
+        record.setdefault("instances", [])
+        record["id"] = str(record.get("id", ""))
+        images.append(validate_image(record, f"{path} line {number}"))
     return images
 
 

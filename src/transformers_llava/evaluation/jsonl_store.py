@@ -24,36 +24,37 @@ from ..record_store import RecordStore
 class JsonlStore:
     def __init__(self, path: str | os.PathLike, key: str = "question_id"):
         self.path, self.key = Path(path), key
-        self._keys: set[str] = set()
 
     def load(self) -> dict[str, dict]:
         """All complete records by `str(record[key])`, after cutting off a torn last line."""
         if not self.path.exists():
-            self._keys = set()
             return {}
-        records = {}
         with RecordStore(self.path) as store:
-            for number, record in enumerate(store.records(), 1):
-                if self.key not in record:
-                    raise KeyError(f"{self.path}:{number}: record has no {self.key!r} field")
-                key = str(record[self.key])
-                if key in records:
-                    raise ValueError(f"{self.path}:{number}: {self.key} {key} appears a second time")
-                records[key] = record
-        self._keys = set(records)
+            return self._read(store)
+
+    def _read(self, store: RecordStore) -> dict[str, dict]:
+        records = {}
+        for number, record in enumerate(store.records(), 1):
+            if self.key not in record:
+                raise KeyError(f"{self.path}:{number}: record has no {self.key!r} field")
+            key = str(record[self.key])
+            if key in records:
+                raise ValueError(f"{self.path}:{number}: {self.key} {key} appears a second time")
+            records[key] = record
         return records
 
     @contextlib.contextmanager
     def appender(self):
-        """A function that appends one record as one durable line; refuses a key already in the file."""
-        if not self._keys:
-            self.load()
+        """A function that appends one record as one durable line; refuses a key already in the file (read under
+        the same lock the appends hold, so another run cannot add a key in between)."""
         with RecordStore(self.path, fsync=True) as store:
+            keys = set(self._read(store))
+
             def append(record: dict) -> None:
                 key = str(record[self.key])
-                if key in self._keys:
+                if key in keys:
                     raise ValueError(f"{self.path}: {self.key} {key} is already recorded; records are never duplicated")
                 store.append(record)
-                self._keys.add(key)
+                keys.add(key)
 
             yield append

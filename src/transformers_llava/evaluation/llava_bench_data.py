@@ -26,6 +26,8 @@ and joined with newlines when it is a list.
 import json
 from pathlib import Path
 
+from ..record_store import iter_jsonl
+
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 CATEGORIES = ("conv", "detail", "complex")
 FLAVOURS = {
@@ -54,14 +56,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from None
-    return records
+    return [record for _, record in iter_jsonl(path)]
 
 
 def coco_context(entry: dict) -> str:
