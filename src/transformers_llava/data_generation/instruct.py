@@ -36,18 +36,15 @@ def task_key(image_id: str, data_type: str) -> str:
 
 
 def expand_to_tasks(batch: dict, indices: list[int], types: list[str]) -> dict:
-    """Batched map: each image -> one task per data type, carrying its chat messages."""
-    tasks = {"key": [], "index": [], "id": [], "image": [], "type": [], "messages": []}
+    """Batched map: each image -> one task per data type (its chat messages are built when the task is sent)."""
+    tasks = {"key": [], "index": [], "id": [], "image": [], "type": []}
     for row, index in enumerate(indices):
-        image = {name: batch[name][row] for name in batch}
         for data_type in types:
-            prompt_set = load_prompt_set(data_type)
-            tasks["key"].append(task_key(image["id"], data_type))
+            tasks["key"].append(task_key(batch["id"][row], data_type))
             tasks["index"].append(index)
-            tasks["id"].append(image["id"])
-            tasks["image"].append(image["image"])
+            tasks["id"].append(batch["id"][row])
+            tasks["image"].append(batch["image"][row])
             tasks["type"].append(data_type)
-            tasks["messages"].append(build_messages(prompt_set, format_context(image, prompt_set.with_boxes)))
     return tasks
 
 
@@ -144,8 +141,12 @@ def generate_instructions(images: list[dict], client, out_dir: str | os.PathLike
                                                   remove_columns=list(images[0]), fn_kwargs={"types": types})
             tasks = tasks.filter(lambda key: key not in done, input_columns="key")
 
+        prompt_sets = {data_type: load_prompt_set(data_type) for data_type in types}
+
         def call(task: dict) -> ChatResult:
-            return client.complete(task["messages"], **params)
+            prompt_set = prompt_sets[task["type"]]
+            context = format_context(images[task["index"]], prompt_set.with_boxes)
+            return client.complete(build_messages(prompt_set, context), **params)
 
         for outcome in run_concurrently(call, tasks, concurrency, desc="instruction data", progress=progress):
             if isinstance(outcome.error, ChatClientError):
