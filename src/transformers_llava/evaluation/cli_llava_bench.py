@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 
 from . import judges
-from .cli_scienceqa import add_generation_arguments
-from .generation import answer_questions, load_model
+from .generation import add_generation_arguments, answer_from_args
 from .jsonl_store import JsonlStore
 from .llava_bench_data import FLAVOURS, bench_files, load_bench
 from .llava_bench_report import report_markdown, summarize
@@ -84,11 +83,7 @@ def bench_items(args) -> list[dict]:
 def run_answer(args, items=None) -> int:
     items = (items or bench_items(args))[: args.limit]
     questions = [{"question_id": i["question_id"], "text": i["text"], "image": i["image"]} for i in items]
-    model, processor = load_model(args.model, args.dtype)
-    new = answer_questions(model, processor, questions, args.image_folder, args.answers, args.batch_size,
-                           args.max_new_tokens, args.temperature, False, str(args.model), args.progress)
-    print(f"{new} new answers ({len(questions) - new} already there) -> {args.answers}")
-    return 0
+    return answer_from_args(args, questions)
 
 
 def run_review(args, items=None) -> int:

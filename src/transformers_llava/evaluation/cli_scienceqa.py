@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..chat_client import ChatClientError
 from . import judges
-from .generation import answer_questions, load_model
+from .generation import add_generation_arguments, answer_from_args
 from .scienceqa_data import load_llava_records, load_scienceqa, question_text, to_llava_records
 from .scienceqa_gpt4 import SCHEMES, complement, judge
 from .scienceqa_scoring import load_outputs, score, table7, table7_markdown
@@ -68,18 +68,6 @@ def add_split_arguments(parser, split: str | None = None) -> None:
     parser.add_argument("--split", default=split, required=split is None, help="a key of pid_splits.json")
 
 
-def add_generation_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="a LLaVA checkpoint directory")
-    parser.add_argument("--image-folder", type=Path, default=Path("."), help="where the questions' images are")
-    parser.add_argument("--answers", required=True, type=Path, help="answers JSONL (appended to; resumes)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the original sampled at 0.7)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--limit", type=int, help="answer only the first N questions (a smoke run)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-
-
 def run_convert(args) -> int:
     records = to_llava_records(load_scienceqa(args.base_dir, args.split), args.prompt_format, args.use_caption)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -92,11 +80,7 @@ def run_convert(args) -> int:
 def run_answer(args) -> int:
     records = load_llava_records(args.questions)[: args.limit]
     questions = [{"question_id": r["id"], "text": question_text(r), "image": r.get("image")} for r in records]
-    model, processor = load_model(args.model, args.dtype)
-    new = answer_questions(model, processor, questions, args.image_folder, args.answers, args.batch_size,
-                           args.max_new_tokens, args.temperature, args.answer_prompter, str(args.model), args.progress)
-    print(f"{new} new answers ({len(questions) - new} already there) -> {args.answers}")
-    return 0
+    return answer_from_args(args, questions, answer_prompter=args.answer_prompter)
 
 
 def write_result(result: dict, problems: dict, args, name: str) -> None:

@@ -40,6 +40,28 @@ def load_model(path: str | Path, dtype: str = "float32"):
     return model, processor
 
 
+def add_generation_arguments(parser) -> None:
+    """The options of every `answer` command: checkpoint, images, answers file and generation settings."""
+    parser.add_argument("--model", required=True, type=Path, help="a LLaVA checkpoint directory")
+    parser.add_argument("--image-folder", type=Path, default=Path("."), help="where the questions' images are")
+    parser.add_argument("--answers", required=True, type=Path, help="answers JSONL (appended to; resumes)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the original sampled at 0.7)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--limit", type=int, help="answer only the first N questions (a smoke run)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def answer_from_args(args, questions: list[dict], answer_prompter: bool = False) -> int:
+    """An `answer` command: load `args.model`, answer what `args.answers` does not hold yet, say how many."""
+    model, processor = load_model(args.model, args.dtype)
+    new = answer_questions(model, processor, questions, args.image_folder, args.answers, args.batch_size,
+                           args.max_new_tokens, args.temperature, answer_prompter, str(args.model), args.progress)
+    print(f"{new} new answers ({len(questions) - new} already there) -> {args.answers}")
+    return 0
+
+
 def render_prompt(processor, text: str, has_image: bool) -> str:
     """One user turn (image first, then the text) in the checkpoint's chat template, generation prompt open."""
     content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": text}]
