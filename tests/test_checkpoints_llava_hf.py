@@ -72,6 +72,10 @@ def test_export_runs_in_vanilla_transformers_without_the_plugin(models, exported
     directories = {name: str(path) for name, path in exported.items()}
     model, processor = models["mlp2x_gelu"]
     directories["mlp2x_gelu-ours"] = str(save_ours(model, processor, tmp_path / "ours"))
+    # what every save of ours writes: the backbone in auto_map and the model card, without touching `model`
+    saved = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert "AutoModel" in saved["auto_map"] and (tmp_path / "ours" / "README.md").is_file()
+    assert "AutoModel" not in (getattr(model.config, "auto_map", None) or {})
     job = dict(models=directories, conversation=CONVERSATION, image=str(image_path), out=str(tmp_path / "vanilla.pt"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run([sys.executable, "-c", VANILLA, json.dumps(job)], cwd=tmp_path, env=env,

@@ -4,10 +4,10 @@
     save_llava_hf(model, processor, "out/llava-hf", max_shard_size="5GB")   # vanilla transformers loads this
     save_ours(model, processor, "out/ours")
 
-Weights are written shard by shard with a progress bar, tied tensors once: this package's format under the module
-names (`model.language_model.*`, ...), llava-hf under the names of the llava-hf repositories on the Hub. `save_ours`
-also writes the configuration and modeling source files, so machines without this package load the result with
-`trust_remote_code=True`.
+`save_ours` is the model's own `save_pretrained` (module names, `auto_map` and source files for
+`trust_remote_code=True`, the model card) into a directory that holds no weights yet. `save_llava_hf` writes the
+weights shard by shard with a progress bar, tied tensors once, under the names of the llava-hf repositories on the
+Hub.
 """
 
 import copy
@@ -19,7 +19,6 @@ import torch
 from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformers.dynamic_module_utils import custom_object_save
 
 from .llava_hf import file_keys, to_llava_hf, to_llava_hf_processor
 from .safe_load import SAFE_INDEX, CheckpointError
@@ -64,16 +63,16 @@ def untied_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_ours(model, processor, directory, max_shard_size: int | str = "5GB", progress: bool | None = None) -> Path:
-    """This package's format: config (+ source files for `trust_remote_code`), generation config, weights, processor."""
+    """This package's format, written by the model's own `save_pretrained` — config with `auto_map` and source
+    files for `trust_remote_code`, generation config, weights, model card (it shows its own progress bar, so
+    `progress` only matters to `save_llava_hf`) — and the processor."""
     directory = prepare_directory(directory)
-    config = copy.deepcopy(model.config)  # the saved copy gains auto_map etc.; the caller's model is left as it was
-    config.architectures = [type(model).__name__]
-    config.dtype = str(model.dtype).removeprefix("torch.")
-    if model.is_remote_code():
-        custom_object_save(model, directory, config=config)
-    config.save_pretrained(directory)
-    model.generation_config.save_pretrained(directory)
-    write_weights(untied_state(model), directory, max_shard_size, progress)
+    config = model.config
+    model.config = copy.deepcopy(config)  # saving adds auto_map etc.; the caller's model is left as it was
+    try:
+        model.save_pretrained(directory, max_shard_size=max_shard_size)
+    finally:
+        model.config = config
     if processor is not None:
         processor.save_pretrained(directory)
     return directory
