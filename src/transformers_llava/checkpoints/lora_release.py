@@ -12,7 +12,6 @@ the adapter into it. A stage-1 output holds `mm_projector.bin` (the projector, p
 """
 
 import torch
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 from transformers import AutoConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -49,6 +48,8 @@ def merge_adapter(
     layout: Layout, weights: dict[str, torch.Tensor], allow_pickle: bool, trust_remote_code: bool
 ) -> dict[str, torch.Tensor]:
     """Build the base language model from `weights`, load the LoRA adapter with PEFT and merge it."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict  # only LoRA releases need PEFT
+
     match_head_to_embeddings(weights)
     config = AutoConfig.from_pretrained(layout.base_model, trust_remote_code=trust_remote_code)
     config.vocab_size = weights[EMBED_KEY].shape[0]
