@@ -46,10 +46,6 @@ class Layout:
         """The release name (repository or directory name): the original code chose the conversation format by it."""
         return self.release_name or self.path.absolute().name
 
-    @property
-    def is_original(self) -> bool:
-        return self.kind.startswith("original")
-
 
 def is_original_config(config: dict) -> bool:
     return "mm_vision_tower" in config and "vision_config" not in config and "text_config" not in config
