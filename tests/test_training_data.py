@@ -73,12 +73,13 @@ def test_invalid_samples_are_skipped_and_reported_or_fail(folder, record, reason
         load_llava_json(path, folder / "img")
 
 
-def test_streaming_keeps_images_lazy_and_skips_invalid(folder):
+def test_streaming_keeps_images_lazy_and_skips_invalid(folder, caplog):
     path = write(folder, [{"id": "g", "image": "b.jpg", "conversations": conv("<image>\nQ", "A")},
                           {"id": "m", "image": "missing.jpg", "conversations": conv("<image>\nQ", "A")}])
     dataset, report = load_llava_json(path, folder / "img", streaming=True, on_invalid="skip")
     rows = list(dataset)
     assert report is None and [r["id"] for r in rows] == ["g"]
+    assert "sample m skipped: image file not found" in caplog.text  # logged as it streams past, never silent
     assert isinstance(rows[0]["images"][0], str)  # a path: decoded only when a batch is collated
 
 

@@ -12,6 +12,7 @@ file paths, opened only when a batch is collated — 595K images are never decod
 the load, by choice; every report line names the sample id.
 """
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,6 +24,7 @@ from ..data_generation.stage1 import to_stage1_sample
 IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 OnInvalid = Literal["fail", "skip"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,6 +115,8 @@ def _finish(dataset, on_invalid: OnInvalid, source: str):
         def keep(example):
             if example["problem"] and on_invalid == "fail":
                 raise ValueError(f"{source}: sample {example['id']}: {example['problem']}")
+            if example["problem"]:
+                logger.warning(f"{source}: sample {example['id']} skipped: {example['problem']}")
             return example["problem"] is None
         return dataset.filter(keep).remove_columns("problem"), None
     problems = [(i, p) for i, p in zip(dataset["id"], dataset["problem"]) if p]
