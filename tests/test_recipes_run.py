@@ -41,6 +41,8 @@ def test_every_recipe_trains_two_steps_and_saves(path, towers, base_checkpoint, 
     assert (stage["stage"], stage["steps"], stage["data"]["format"]) == (raw["stage"], 2, raw["data"]["format"])
     assert stage["data"]["samples"] == (2 if raw["data"]["format"] == "scienceqa" else 16)
     assert dict(stage["hyperparameters"])["learning_rate"] == float(raw["training"]["learning_rate"])
+    grouped = raw["training"].get("group_by_modality_length", False)
+    assert dict(stage["hyperparameters"]).get("group_by_modality_length", False) == grouped
     # The processor keeps the model's own chat format even when the stage trained in another one (v1.5: plain).
     processor = AutoProcessor.from_pretrained(out)
     expected = "vicuna_v1" if path.stem == "llava_v1_5_stage1" else "llava_v1"

@@ -133,6 +133,7 @@ def stage_record(recipe: Recipe, data_summary: dict) -> dict:
         "lr_scheduler": t.lr_scheduler_type, "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay,
         "optimizer": "AdamW" if t.projector_lr is not None else t.optim, "bf16": t.bf16,
         "gradient_checkpointing": t.gradient_checkpointing, "max_length": recipe.data.max_length, "seed": t.seed,
+        "group_by_modality_length": t.group_by_modality_length or None,  # listed when it shaped the batches
         **({f"lora_{k}": v for k, v in vars(recipe.lora).items()} if recipe.lora else {}),
     }
     return {"stage": recipe.stage, "what": STAGE_WHAT[recipe.stage], "recipe": recipe.source, "data": data_summary,
