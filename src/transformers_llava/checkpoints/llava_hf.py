@@ -194,13 +194,18 @@ def our_generation_config(generation, hf_config: dict):
     return generation
 
 
-def to_llava_hf_processor(processor: TransformersLlavaProcessor) -> tuple[HFLlavaProcessor, str | None]:
+def to_llava_hf_processor(
+    processor: TransformersLlavaProcessor, engine_bos: bool = True
+) -> tuple[HFLlavaProcessor, str | None]:
     """Our processor as transformers' `LlavaProcessor` (pad-to-square becomes the built-in `do_pad`), and the BOS
-    prefix its chat template now writes (the tokenizer then adds none; see `engine_prompts.py`), or None."""
+    prefix its chat template now writes (the tokenizer then adds none; see `engine_prompts.py`), or None.
+    `engine_bos=False` keeps our tokenizer and template as they are."""
     ours = processor.image_processor
     settings = {key: getattr(ours, key) for key in _IMAGE_SETTINGS if getattr(ours, key, None) is not None}
     image_processor = LlavaImageProcessorPil(**settings, do_pad=getattr(ours, "image_aspect_ratio", "square") == "pad")
-    tokenizer, chat_template, prefix = bos_in_template(processor.tokenizer, processor.chat_template)
+    tokenizer, chat_template, prefix = processor.tokenizer, processor.chat_template, None
+    if engine_bos:
+        tokenizer, chat_template, prefix = bos_in_template(tokenizer, chat_template)
     hf = HFLlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
