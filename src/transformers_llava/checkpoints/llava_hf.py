@@ -32,6 +32,7 @@ import torch
 from transformers import LlavaConfig as HFLlavaConfig
 from transformers import LlavaImageProcessorPil
 from transformers import LlavaProcessor as HFLlavaProcessor
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..configuration_llava import TransformersLlavaConfig, projector_depth
 from ..image_processing_llava import TransformersLlavaImageProcessor
@@ -99,9 +100,14 @@ def to_llava_hf(config: TransformersLlavaConfig, state: dict[str, torch.Tensor],
                     f">= 2 x the vision hidden size ({d_vision})."
                 )
         state.update({PROJECTOR + name: tensor for name, tensor in tensors.items()})
+    text = config.text_config.to_dict()
+    extra = {field: getattr(config, field) for field in OUR_FIELDS}
+    if not text.get("architectures"):  # vLLM builds the language model from text_config.architectures
+        text["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config.text_config.model_type]]
+        extra["text_architectures_added"] = True
     hf_config = HFLlavaConfig(
         vision_config=config.vision_config.to_dict(),
-        text_config=config.text_config.to_dict(),
+        text_config=text,
         image_token_index=config.image_token_index,
         image_seq_length=config.image_seq_length,
         projector_hidden_act=activation,
@@ -109,7 +115,7 @@ def to_llava_hf(config: TransformersLlavaConfig, state: dict[str, torch.Tensor],
         vision_feature_layer=config.vision_feature_layer,
         multimodal_projector_bias=config.multimodal_projector_bias,
         tie_word_embeddings=config.tie_word_embeddings,
-        **{EXTRA_KEY: {field: getattr(config, field) for field in OUR_FIELDS}},
+        **{EXTRA_KEY: extra},
     )
     hf_config.architectures = ["LlavaForConditionalGeneration"]
     return hf_config, state
@@ -144,6 +150,8 @@ def from_llava_hf(hf_config: dict, state: dict[str, torch.Tensor], source="llava
     """(llava-hf config.json dict, llava-hf state dict) -> (our config, our state dict)."""
     resolved = HFLlavaConfig.from_dict({k: v for k, v in hf_config.items() if k != EXTRA_KEY})
     ours = dict(hf_config.get(EXTRA_KEY) or {})
+    if ours.get("text_architectures_added"):
+        resolved.text_config.architectures = None
     state = rename(state, _FILE_TO_MODULE)
     activation = resolved.projector_hidden_act
     projector = {k.removeprefix(PROJECTOR): v for k, v in state.items() if k.startswith(PROJECTOR)}
