@@ -14,7 +14,7 @@ import re
 
 import pytest
 import torch
-from checkpoint_layouts import towers, v15  # noqa: F401 (fixtures)
+from checkpoint_layouts import CONVERSATION, towers, v15  # noqa: F401 (fixtures)
 from safetensors.torch import load_file
 from transformers import LlavaConfig
 
@@ -105,3 +105,33 @@ def test_release_round_trips_through_the_vllm_ready_export(exports):
     before, after = model.state_dict(), back.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert LlavaProcessor.from_pretrained(directory).chat_template == processor.chat_template
+
+
+@pytest.mark.parametrize("conversation_format", ["llava_v0", "vicuna_v1", "llava_llama_2", "plain"])
+def test_bos_rule_holds_for_the_releases_sentencepiece_tokenizer(conversation_format, tmp_path):
+    """The releases' LlamaTokenizer (tokenizer.model, `legacy: false`): the template's BOS prefix, saved and read back
+    by AutoTokenizer as an engine does, gives our ids with and without special tokens."""
+    from checkpoint_layouts import write_sentencepiece_tokenizer
+    from transformers import AutoTokenizer
+
+    from transformers_llava.chat_templates import load_chat_template
+    from transformers_llava.checkpoints.engine_prompts import bos_in_template
+    from transformers_llava.tiny import BASE_CORPUS
+
+    write_sentencepiece_tokenizer(tmp_path / "release", BASE_CORPUS)
+    ours = AutoTokenizer.from_pretrained(tmp_path / "release")
+    ours.add_special_tokens({"extra_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
+    template = load_chat_template(conversation_format)
+    exported, exported_template, prefix = bos_in_template(ours, template)
+    assert prefix is not None
+    exported.save_pretrained(tmp_path / "export")
+    engine = AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert engine("a b")["input_ids"][0] != engine.bos_token_id
+    with_system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nWhat now?"}]
+    for conversation in (CONVERSATION, with_system):  # not the probes the prefix was chosen on
+        expected = ours(ours.apply_chat_template(conversation, chat_template=template, add_generation_prompt=True,
+                                                 tokenize=False))["input_ids"]
+        rendered = engine.apply_chat_template(conversation, chat_template=exported_template, add_generation_prompt=True,
+                                              tokenize=False)
+        for special in (True, False):
+            assert engine(rendered, add_special_tokens=special)["input_ids"] == expected
