@@ -117,6 +117,9 @@ def save_original(model, processor, directory, max_shard_size: int | str = "5GB"
     if processor is not None:
         hf, _ = to_llava_hf_processor(processor, engine_bos=False)  # the original tokenizer adds the BOS itself
         hf.save_pretrained(directory)
+    if model.config.projector_type == "linear":
+        print("note: SGLang's LlavaLlamaForCausalLM loads only two-layer projectors (model.mm_projector.0 / .2); "
+              "serve this linear-projector model with vLLM from a --to llava-hf export.")
     if "clip" not in name.lower():
         print(f"note: mm_vision_tower={name!r} does not contain 'clip': SGLang picks the tower class by that "
               "substring and will not load it (pass --vision-tower-name with the Hub name of the CLIP tower).")
