@@ -89,6 +89,12 @@ def test_config_has_what_the_original_code_and_sglang_read(models, exported):
         assert config["image_token_index"] == processor.tokenizer.convert_tokens_to_ids("<image>")
         assert config["hidden_size"] == model.config.text_config.hidden_size
         assert config["vocab_size"] == model.config.text_config.vocab_size
+        # llava_v0's "###" as stop token ids where SGLang reads stops (generation_config.json eos_token_id)
+        eos = json.loads((exported[name] / "generation_config.json").read_text())["eos_token_id"]
+        tokenizer = processor.tokenizer
+        stops = [i for i in range(len(tokenizer)) if "###" in tokenizer.decode([i])]
+        assert eos == ([tokenizer.eos_token_id, *stops] if name == "linear" else tokenizer.eos_token_id), name
+        assert name != "linear" or stops
 
 
 def test_weights_have_the_names_sglang_maps(models, exported):

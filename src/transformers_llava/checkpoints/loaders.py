@@ -116,7 +116,8 @@ def convert_layout(layout: Layout, options: dict, trust_remote_code: bool = Fals
     config, state = convert_original(layout, weights, tokenizer, options["vision_tower"], trust_remote_code)
     format_name = options["conversation_format"] or release_conversation_format(layout.name, layout.config)
     if "mm_vision_config" in layout.config and (layout.path / "generation_config.json").is_file():
-        return config, state, GenerationConfig.from_pretrained(layout.path)  # written by original_writer.py
+        generation = GenerationConfig.from_pretrained(layout.path)  # written by original_writer.py
+        return config, state, our_generation_config(generation, layout.config)
     return config, state, release_generation_config(tokenizer, format_name)
 
 

@@ -41,6 +41,7 @@ _LLAVA_KEYS = {
     "model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_mm_proj",
     "image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side",
     "max_length", "s2", "s2_scales", "image_token_index", "text_architectures",
+    "transformers_llava",
 }
 _LLAVA_PREFIXES = ("mm_", "tune_mm", "freeze_mm", "unfreeze_mm")
 _KEY_RULES = [

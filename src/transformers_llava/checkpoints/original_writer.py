@@ -12,6 +12,8 @@ The inverse of `original.convert_original` (same tables): a flat Llama config wi
 of the tower `mm_vision_tower` names is found, the weights are the model's. Besides the original files it writes
 what lets a reader skip the named tower: its config as `mm_vision_config`, and transformers' `LlavaProcessor` files
 (tokenizer with `<image>`, `preprocessor_config.json`, chat template) for SGLang's `AutoProcessor` and our loader.
+Stop strings are also listed as stop token ids in `generation_config.json`'s `eos_token_id` (see `engine_prompts.py`);
+the original `eos_token_id` is kept under `transformers_llava` in config.json, so import restores it.
 
 What readers require (read from their sources; tests in tests/test_checkpoints_original_export.py):
 - the original repo (`llava/model/builder.py`, `llava_arch.py`, `multimodal_projector/builder.py`): `mm_vision_tower`
@@ -33,7 +35,8 @@ import torch
 
 from ..configuration_llava import projector_depth
 from .detect import ORIGINAL_MODEL_TYPES
-from .llava_hf import to_llava_hf_processor
+from .engine_prompts import stop_token_ids
+from .llava_hf import EXTRA_KEY, engine_generation_config, to_llava_hf_processor
 from .original import SELECT_FEATURE, original_name
 from .safe_load import CheckpointError
 from .templates import WRAPPED
@@ -110,8 +113,12 @@ def save_original(model, processor, directory, max_shard_size: int | str = "5GB"
     directory = prepare_directory(directory)
     state = {original_name(key, model.config.projector_type): tensor for key, tensor in untied_state(model).items()}
     flat = original_config(model, processor, name)
-    (directory / "config.json").write_text(_json(flat), encoding="utf-8")
     generation = copy.deepcopy(model.generation_config)
+    stops = stop_token_ids(processor.tokenizer, generation.stop_strings) if processor is not None else []
+    if stops:  # SGLang, like vLLM, stops on generation_config's eos_token_id, never on stop_strings
+        flat[EXTRA_KEY] = {"stop_token_ids": stops, "eos_token_id": generation.eos_token_id}
+        generation = engine_generation_config(generation, stops)
+    (directory / "config.json").write_text(_json(flat), encoding="utf-8")
     generation.save_pretrained(directory)
     write_weights(state, directory, max_shard_size, progress)
     if processor is not None:
