@@ -12,10 +12,11 @@ import pytest
 import torch
 from checkpoint_layouts import CONVERSATION, sample_image, towers, v15  # noqa: F401 (fixtures)
 from safetensors.torch import load_file
+from transformers import LlavaConfig
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
-from transformers_llava.checkpoints import CheckpointError, detect_layout
+from transformers_llava.checkpoints import CheckpointError, detect_layout, save_ours
 from transformers_llava.checkpoints.cli import main as convert
 from transformers_llava.checkpoints.original_writer import save_original
 from transformers_llava.tiny import build_tiny_llava
@@ -103,7 +104,7 @@ def test_weights_have_the_names_sglang_maps(models, exported):
     for name, (model, _) in models.items():
         weights = load_file(exported[name] / "model.safetensors")
         for key in weights:
-            assert LLAMA_KEY.match(key) or key.startswith(("model.mm_projector.", "model.vision_tower.vision_tower.")), key
+            assert LLAMA_KEY.match(key) or key.startswith(("model.mm_projector.", "model.vision_tower.vision_tower."))
         tower = [k for k in weights if k.startswith("model.vision_tower.vision_tower.vision_model.")]
         assert len(tower) == len([k for k in model.state_dict() if k.startswith("model.vision_tower.")])
         if name == "linear":  # the original's nn.Linear, which SGLang's two-layer projector cannot take
@@ -111,8 +112,6 @@ def test_weights_have_the_names_sglang_maps(models, exported):
                                                                          "model.mm_projector.weight"]
             continue
         config = json.loads((exported[name] / "config.json").read_text())
-        from transformers import LlavaConfig
-
         # as LlavaLlamaForCausalLM.__init__ does: the flat config read as transformers' LlavaConfig, widths set
         llava = LlavaConfig(**{k: v for k, v in config.items() if k != "model_type"})
         llava.vision_config.hidden_size, llava.text_config.hidden_size = config["mm_hidden_size"], config["hidden_size"]
@@ -150,8 +149,6 @@ def test_a_release_read_and_written_again_keeps_its_tensors(v15, towers, tmp_pat
 
 def test_cli_writes_original_and_refuses_what_the_original_cannot_compute(models, tmp_path, capsys):
     model, processor = models["mlp2x_gelu"]
-    from transformers_llava.checkpoints import save_ours
-
     save_ours(model, processor, tmp_path / "ours")
     assert convert([str(tmp_path / "ours"), str(tmp_path / "orig"), "--to", "original",
                     "--vision-tower-name", TOWER]) == 0

@@ -3,7 +3,7 @@
     from transformers_llava.checkpoints.original_writer import save_original
     save_original(model, processor, "out/llava-v1.5-7b", vision_tower_name="openai/clip-vit-large-patch14-336")
 
-    transformers-llava convert my-llava out/llava-original --to original --vision-tower-name openai/clip-vit-large-patch14-336
+    transformers-llava convert my-llava out/original --to original --vision-tower-name openai/clip-vit-large-patch14-336
 
 The inverse of `original.convert_original` (same tables): a flat Llama config with the `mm_*` keys of llava-v1.5-7b,
 `model.{embed_tokens,layers,norm}.*`, `lm_head.weight`, the projector as `model.mm_projector.weight` (linear) or
