@@ -212,9 +212,11 @@ def test_linear_projector_export_is_exact(models):
         assert torch.equal(engine, model.model.multi_modal_projector(features))
 
 
-def test_linear_projector_too_wide_for_relu_keeps_the_identity_form(tmp_path):
+def test_linear_projector_too_wide_for_relu_keeps_the_identity_form(tmp_path, capsys):
     """D_llm < 2 D_vision: no room for the relu construction; the identity form is written and the user told."""
-    model, _ = build_tiny_llava(tmp_path / "wide", vision_hidden=48, text_hidden=64)
+    model, processor = build_tiny_llava(tmp_path / "wide", vision_hidden=48, text_hidden=64)
+    save_llava_hf(model, processor, tmp_path / "wide-hf")
+    assert "note: the linear projector is written with projector_hidden_act='linear'" in capsys.readouterr().out
     notes = []
     hf_config, state = to_llava_hf(model.config, model.state_dict(), notes)
     assert hf_config.projector_hidden_act == "linear" and "vLLM refuses" in notes[0] and "2 x the vision" in notes[0]
