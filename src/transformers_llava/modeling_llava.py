@@ -20,6 +20,8 @@ from transformers.cache_utils import Cache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_llava import MODEL_TYPE, TransformersLlavaConfig, projector_depth
 
@@ -131,6 +133,9 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -138,25 +143,25 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Encode `pixel_values [N_img, 3, H, W]`; `pooler_output` is a list of `N_img` tensors `[T, D_llm]`."""
-        layers = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-        layers = [layers] if isinstance(layers, int) else list(layers)
+        """Encode `pixel_values [N_img, 3, H, W]`; `pooler_output` is a list of `N_img` tensors `[T, D_llm]`.
+
+        The rest is the vision tower's own output, as in transformers' Llava: `hidden_states` / `attentions` when
+        asked for (`output_hidden_states=True`, `output_attentions=True`, or the vision config's flags); a tuple
+        with `return_dict=False`. Only the selected layers are captured otherwise.
+        """
+        layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else list(vision_feature_layer)
         tower_dtype = self.vision_tower.dtype
         # A frozen tower (every LLaVA stage) needs no autograd graph: no activations kept for backward.
         frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.no_grad() if frozen and torch.is_grad_enabled() else nullcontext():
-            tower_out = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+            tower_out = self.vision_tower(pixel_values.to(tower_dtype), return_dict=True, **kwargs)
         selected = [tower_out.hidden_states[layer] for layer in layers]  # each [N_img, 1 + P, D_vis]
-        if strategy == "default":
+        if vision_feature_select_strategy == "default":
             selected = [hidden[:, 1:] for hidden in selected]  # CLS dropped: the paper uses patch features only
         features = torch.cat(selected, dim=-1)  # [N_img, T, D_vis * n_layers]
         projected = self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tower_out.last_hidden_state,
-            pooler_output=list(projected),  # [T, D_llm] per image
-            hidden_states=tower_out.hidden_states if kwargs.get("output_hidden_states") else None,
-        )
+        tower_out.pooler_output = list(projected)  # [T, D_llm] per image
+        return tower_out
 
     def _image_token_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
         if input_ids is not None:
@@ -179,6 +184,7 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
             "must be expanded by the processor into exactly that many tokens; a truncated sequence cuts them."
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -193,6 +199,9 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> LlavaModelOutputWithPast:
+        """Without image features (no `pixel_values` / `mm_encoder_outputs`), image tokens in `input_ids` are
+        embedded as ordinary tokens, as in transformers' Llava: a decoding step that generated `<image>`, or an
+        assistant model in assisted generation (which is given the ids but not the image), never fails."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if pixel_values is not None and (mm_encoder_outputs or {}).get("image") is not None:
@@ -202,7 +211,12 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
 
         encoded = (mm_encoder_outputs or {}).get("image")
         if encoded is None and pixel_values is not None:
-            encoded = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+            encoded = self.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                return_dict=True,
+            )
         image_features = None
         if encoded is not None:
             mask = self._image_token_mask(input_ids, inputs_embeds)  # [B, L]
@@ -210,11 +224,6 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
             image_features = torch.cat(encoded.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
             # Placeholders are filled in reading order: row by row, left to right, image after image.
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
-        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
-            raise ValueError(
-                f"input_ids hold {(input_ids == self.config.image_token_id).sum().item()} image tokens but no "
-                "pixel_values (or mm_encoder_outputs) were given."
-            )
 
         if position_ids is not None and attention_mask is None and past_key_values is None:
             # Several samples packed along the time axis (positions restart at 0 per sample): the LLM builds a
@@ -226,6 +235,7 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return LlavaModelOutputWithPast(
@@ -235,6 +245,19 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=image_features,
         )
+
+
+def suppress_image_token(model) -> None:
+    """The `<image>` token is an input placeholder, never an answer: `generate` suppresses it by default.
+
+    Set when the model is built or loaded, and only where the generation config names no `suppress_tokens` yet, so
+    it is saved in generation_config.json and a config that says otherwise is kept. `generate(...,
+    suppress_tokens=[])` (or `model.generation_config.suppress_tokens = []`) lets the model emit it; a decoding step
+    that receives it embeds it as a text token.
+    """
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.suppress_tokens is None:
+        generation_config.suppress_tokens = [model.config.image_token_id]
 
 
 class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel, GenerationMixin):
@@ -248,6 +271,7 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         self.model = TransformersLlavaModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        suppress_image_token(self)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -255,8 +279,11 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         for loader in FOREIGN_CHECKPOINT_LOADERS:
             model = loader(cls, pretrained_model_name_or_path, *args, **kwargs)
             if model is not None:
+                suppress_image_token(model)
                 return model
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        suppress_image_token(model)  # checkpoints saved before the default, or without generation_config.json
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also map `AutoModel` (the backbone) in the saved `auto_map`, for loading without the package."""
@@ -290,8 +317,14 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         self.lm_head = new_embeddings
 
     def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kw):
-        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kw)
+        return self.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kw,
+        )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -321,6 +354,7 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
         hidden = outputs.last_hidden_state  # [B, L, D_llm]
