@@ -68,6 +68,9 @@ _register()
 _model_card.register()  # every save_pretrained / push_to_hub writes the LLaVA model card
 
 from . import checkpoints  # noqa: E402,F401  (registers the loaders of original LLaVA and llava-hf checkpoints)
+from .checkpoints import auto_classes as _auto_classes  # noqa: E402
+
+_auto_classes.register()  # original releases through AutoConfig / AutoModel* / AutoProcessor / pipeline
 
 __all__ = [
     "LlavaConfig",

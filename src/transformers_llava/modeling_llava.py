@@ -93,6 +93,19 @@ class LlavaMultiModalProjector(nn.Module):
         return hidden
 
 
+def suppress_image_token(model) -> None:
+    """The `<image>` token is an input placeholder, never an answer: `generate` suppresses it by default.
+
+    Set when the model is built or loaded, and only where the generation config names no `suppress_tokens` yet, so
+    it is saved in generation_config.json and a config that says otherwise is kept. `generate(...,
+    suppress_tokens=[])` (or `model.generation_config.suppress_tokens = []`) lets the model emit it; a decoding step
+    that receives it embeds it as a text token.
+    """
+    generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
+    if generation_config is not None and generation_config.suppress_tokens is None:
+        generation_config.suppress_tokens = [model.config.image_token_id]
+
+
 class TransformersLlavaPreTrainedModel(PreTrainedModel):
     config_class = TransformersLlavaConfig
     config: TransformersLlavaConfig
@@ -105,6 +118,19 @@ class TransformersLlavaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a checkpoint of this package, or of any layout a registered foreign-format loader recognises."""
+        model = None
+        for loader in FOREIGN_CHECKPOINT_LOADERS:
+            model = loader(cls, pretrained_model_name_or_path, *args, **kwargs)
+            if model is not None:
+                break
+        if model is None:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        suppress_image_token(model)  # checkpoints saved before the default, or without generation_config.json
+        return model
 
     def _init_weights(self, module):
         # Towers initialise themselves (they are PreTrainedModels); only the projector is ours.
@@ -247,19 +273,6 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
         )
 
 
-def suppress_image_token(model) -> None:
-    """The `<image>` token is an input placeholder, never an answer: `generate` suppresses it by default.
-
-    Set when the model is built or loaded, and only where the generation config names no `suppress_tokens` yet, so
-    it is saved in generation_config.json and a config that says otherwise is kept. `generate(...,
-    suppress_tokens=[])` (or `model.generation_config.suppress_tokens = []`) lets the model emit it; a decoding step
-    that receives it embeds it as a text token.
-    """
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None and generation_config.suppress_tokens is None:
-        generation_config.suppress_tokens = [model.config.image_token_id]
-
-
 class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel, GenerationMixin):
     """LLaVA with its language-modeling head; `generate` reuses the encoded image across decoding steps."""
 
@@ -273,17 +286,6 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         self.post_init()
         suppress_image_token(self)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a checkpoint of this package, or of any layout a registered foreign-format loader recognises."""
-        for loader in FOREIGN_CHECKPOINT_LOADERS:
-            model = loader(cls, pretrained_model_name_or_path, *args, **kwargs)
-            if model is not None:
-                suppress_image_token(model)
-                return model
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        suppress_image_token(model)  # checkpoints saved before the default, or without generation_config.json
-        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also map `AutoModel` (the backbone) in the saved `auto_map`, for loading without the package."""
