@@ -122,3 +122,9 @@ def test_a_decode_step_compiles_as_one_graph_with_a_static_cache(tiny):
             eager = model(input_ids=token, past_key_values=eager_cache, position_ids=position[None]).logits
             torch.testing.assert_close(compiled, eager)
             token = compiled[:, -1:].argmax(-1)
+
+
+def test_from_pretrained_with_loading_info_returns_model_and_info(tiny_dir):
+    model, info = AutoModelForImageTextToText.from_pretrained(tiny_dir, output_loading_info=True)
+    assert model.generation_config.suppress_tokens == [model.config.image_token_id]
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()

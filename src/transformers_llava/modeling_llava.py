@@ -20,6 +20,8 @@ from transformers.cache_utils import Cache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
 
@@ -129,7 +131,9 @@ class TransformersLlavaPreTrainedModel(PreTrainedModel):
                 break
         if model is None:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        suppress_image_token(model)  # checkpoints saved before the default, or without generation_config.json
+        # Checkpoints saved before the default, or without generation_config.json. `output_loading_info=True`
+        # returns (model, info).
+        suppress_image_token(model[0] if isinstance(model, tuple) else model)
         return model
 
     def _init_weights(self, module):
@@ -167,7 +171,7 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
         pixel_values: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Encode `pixel_values [N_img, 3, H, W]`; `pooler_output` is a list of `N_img` tensors `[T, D_llm]`.
 
@@ -223,7 +227,7 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaModelOutputWithPast:
         """Without image features (no `pixel_values` / `mm_encoder_outputs`), image tokens in `input_ids` are
         embedded as ordinary tokens, as in transformers' Llava: a decoding step that generated `<image>`, or an
@@ -341,7 +345,7 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         loss_only: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaCausalLMOutputWithPast:
         """`loss_only=True` (training) evaluates the LM head only at positions whose next token is supervised and
         returns the loss without logits: image, prompt and padding positions never reach the vocabulary matmul."""
