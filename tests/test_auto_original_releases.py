@@ -21,13 +21,17 @@ from transformers_llava.checkpoints import save_llava_hf
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory, towers):  # noqa: F811
-    """A v1.5 release (model_type "llava") and a later one (model_type "llava_llama"), naming a local tower."""
+    """A v1.5 release (model_type "llava") naming a local tower, and a later one (model_type "llava_llama") naming
+    the Hub tower, which the tests point at a local copy with `vision_tower=`."""
     root = tmp_path_factory.mktemp("auto_releases")
-    paths = {}
-    for model_type, name in (("llava", "llava-v1.5-7b"), ("llava_llama", "llava-v1.5-13b")):
-        paths[model_type] = root / name
-        write_v15_release(paths[model_type], towers, model_type=model_type, mm_vision_tower=str(towers.vision_dir))
+    paths = {"llava": root / "llava-v1.5-7b", "llava_llama": root / "llava-v1.5-13b"}
+    write_v15_release(paths["llava"], towers, model_type="llava", mm_vision_tower=str(towers.vision_dir))
+    write_v15_release(paths["llava_llama"], towers, model_type="llava_llama")
     return paths
+
+
+def tower_option(path, towers):  # noqa: F811
+    return {} if path.name == "llava-v1.5-7b" else {"vision_tower": towers.vision_dir}
 
 
 def assert_not_builtin_config(path):
@@ -37,25 +41,26 @@ def assert_not_builtin_config(path):
 
 
 @pytest.mark.parametrize("model_type", ["llava", "llava_llama"])
-def test_auto_classes_load_original_releases_as_ours(releases, model_type):
+def test_auto_classes_load_original_releases_as_ours(releases, towers, model_type):  # noqa: F811
     path = releases[model_type]
+    option = tower_option(path, towers)
     config = assert_not_builtin_config(path)
     assert config.mm_projector_type == "mlp2x_gelu" and config.architectures == ["LlavaLlamaForCausalLM"]
 
-    ours = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    auto = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    ours = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32, **option)
+    auto = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, **option)
     assert type(auto) is type(ours) and auto.config.to_dict() == ours.config.to_dict()
     for (name, mine), (_, theirs) in zip(auto.state_dict().items(), ours.state_dict().items()):
         assert torch.equal(mine, theirs), name
 
-    backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+    backbone = AutoModel.from_pretrained(path, dtype=torch.float32, **option)
     assert type(backbone) is LlavaModel
     torch.testing.assert_close(backbone.multi_modal_projector.linear_2.weight,
                                ours.model.multi_modal_projector.linear_2.weight)
 
-    processor = AutoProcessor.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path, **option)
     assert type(processor) is LlavaProcessor
-    assert processor.chat_template == LlavaProcessor.from_pretrained(path).chat_template
+    assert processor.chat_template == LlavaProcessor.from_pretrained(path, **option).chat_template
 
 
 def test_pipeline_on_an_original_release_answers_as_our_model(releases):
