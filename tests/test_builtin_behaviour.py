@@ -101,8 +101,14 @@ def test_generating_the_image_token_when_allowed_never_crashes(tiny):
     model = biased_to_image_token(model)
     inputs = image_prompt(processor)
     prompt_length = inputs["input_ids"].shape[1]
-    out = model.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=[])
-    assert out[0, prompt_length:].tolist() == [model.config.image_token_id] * 4
+    runs = {use_cache: model.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=[],
+                                      use_cache=use_cache, output_logits=True, return_dict_in_generate=True)
+            for use_cache in (True, False)}
+    assert runs[True].sequences[0, prompt_length:].tolist() == [model.config.image_token_id] * 4
+    # Without a cache each step re-reads the image for the prompt's placeholders; generated ones stay text.
+    assert torch.equal(runs[True].sequences, runs[False].sequences)
+    for cached, recomputed in zip(runs[True].logits, runs[False].logits):
+        torch.testing.assert_close(cached - cached.max(), recomputed - recomputed.max(), atol=1e-3, rtol=0)
 
 
 def test_a_decode_step_compiles_as_one_graph_with_a_static_cache(tiny):

@@ -333,6 +333,36 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        """Without a cache every step re-reads the whole sequence with its images. `<image>` tokens generated since
+        the prompt (allowed with `suppress_tokens=[]`) are then text: the image features fill the prompt's
+        placeholders only, and the step gets the embeddings."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        ids, pixel_values = inputs.get("input_ids"), inputs.get("pixel_values")
+        encoded = (inputs.get("mm_encoder_outputs") or {}).get("image")  # generate encodes the images up front
+        if kwargs.get("is_first_iteration") or ids is None or (pixel_values is None and encoded is None):
+            return inputs
+        mask = ids == self.config.image_token_id  # [B, L]
+        if encoded is None:
+            encoded = self.model.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=inputs.get("vision_feature_layer"),
+                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
+                return_dict=True,
+            )
+        features = torch.cat(encoded.pooler_output)  # [N_img * T, D_llm]
+        # Generated tokens are the last g of every row: the smallest g that leaves exactly the prompt's placeholders.
+        in_suffix = torch.cat([mask.new_zeros(1, dtype=torch.long), mask.flip(-1).sum(0).cumsum(0)])  # [L + 1]
+        fits = (mask.sum() - in_suffix == len(features)).nonzero()
+        if len(fits) == 0 or int(fits[0]) == 0:
+            return inputs  # nothing generated is an image token, or a real mismatch the forward reports
+        prompt_mask = mask.clone()
+        prompt_mask[:, ids.shape[1] - int(fits[0]):] = False
+        embeds = self.get_input_embeddings()(ids)
+        inputs["inputs_embeds"] = embeds.masked_scatter(prompt_mask.unsqueeze(-1), features.to(embeds.dtype))
+        inputs["input_ids"] = inputs["pixel_values"] = inputs["mm_encoder_outputs"] = None
+        return inputs
+
     def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kw):
         return self.model.get_image_features(
             pixel_values=pixel_values,
