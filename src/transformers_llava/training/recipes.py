@@ -1,13 +1,18 @@
-"""Training recipes as data: a YAML file -> a validated `Recipe`, with clear errors for every field.
+"""Training recipes as data: a YAML file -> a validated `Recipe` whose `training` is TRL's own `SFTConfig`.
 
-    recipe = load_recipe("examples/llava_v1_stage1.yaml", overrides=["training.max_steps=10"], num_processes=8)
-    recipe.gradient_accumulation_steps      # global batch / (per-device batch x processes)
-    recipe.identity()                       # what makes two runs "the same run" (see `IGNORED_IN_IDENTITY`)
+    recipe = load_recipe("examples/llava_v1_stage1.yaml", overrides=["training.max_grad_norm=0.5"], num_processes=8)
+    recipe.training                         # an SFTConfig: every field of it can be set in the recipe
+    recipe.llava.projector_lr               # what is LLaVA's: global batch, projector rate, packing, grouping
+    recipe.identity()                       # what makes two runs "the same run" (see `ignored_in_identity`)
 
-A recipe has four sections (`model`, `data`, `training`, `lora`) plus the `stage`; every key is checked against the
-schema below (unknown keys, wrong types, impossible combinations), and each error names the file, the key and the
-values involved. Numbers such as `2e-5` are read as floats (YAML 1.1 reads them as strings). `--override` values
-are parsed as YAML too: `training.learning_rate=1e-4`, `data.streaming=true`, `model.checkpoint=null`.
+A recipe has the `stage` and four sections. `model`, `data` and `lora` are LLaVA's and checked against the schema
+below. `training` is `SFTConfig`, parsed by TRL's `TrlParser` (transformers' `HfArgumentParser`), so a typo or a bad
+value (`lr_scheduler_type: cosnie`, `optim: adamw_trch`, an unknown key) is refused by the library that owns the
+field; our message adds the file and the key. Four keys of `training` are LLaVA's (`LlavaTrainingArguments`):
+`global_batch_size` (gradient accumulation is worked out from it at launch), `projector_lr`, `padding_free` (our
+packed collator: TRL's own refuses image data) and `group_by_modality_length`. `--override` values are parsed as YAML
+(`training.learning_rate=1e-4`, `data.streaming=true`, `model.checkpoint=null`). The YAML loader refuses a key given
+twice in one mapping, naming it and both lines.
 """
 
 import dataclasses
@@ -17,10 +22,12 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Literal
 
 import yaml
+from trl import SFTConfig, TrlParser
 
 from ..chat_templates import FORMATS
 from ..configuration_llava import projector_depth
@@ -61,28 +68,17 @@ class DataSection:
 
 
 @dataclass
-class TrainingSection:
-    output_dir: str
-    global_batch_size: int  # per-device batch x processes x gradient accumulation
-    per_device_batch_size: int
-    learning_rate: float
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    projector_lr: float | None = None  # the projector's own rate (the original's mm_projector_lr)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    padding_free: bool = False  # pack each batch into one row (positions restart per sample): no padding computed
-    group_by_modality_length: bool = False  # every optimizer step from one modality (LLaVA-1.5); not with streaming
-    seed: int = 42
-    save_steps: int = 500
-    save_total_limit: int | None = 1
-    logging_steps: int = 1
-    dataloader_num_workers: int = 4
-    report_to: str = "none"
+class LlavaTrainingArguments:
+    """The keys of a recipe's `training` section that are LLaVA's, not `SFTConfig`'s."""
+
+    global_batch_size: int | None = field(default=None, metadata={
+        "help": "per-device batch x processes x gradient accumulation; the accumulation is worked out at launch"})
+    projector_lr: float | None = field(default=None, metadata={
+        "help": "the projector's own learning rate (the original's mm_projector_lr)"})
+    padding_free: bool = field(default=False, metadata={
+        "help": "pack each batch into one row, positions restarting per sample (LLaVA's collator)"})
+    group_by_modality_length: bool = field(default=False, metadata={
+        "help": "every optimizer step from one modality (LLaVA-1.5); not with streaming"})
 
 
 @dataclass
@@ -92,41 +88,87 @@ class LoraSection:
     dropout: float = 0.05
 
 
+# `SFTConfig` fields this package sets itself, and why a recipe may not.
+FIXED = {
+    "max_length": "sample lengths are checked by data.max_length (longer samples are dropped or fail, image tokens "
+                  "are never cut); TRL's max_length would truncate through them",
+    "assistant_only_loss": "LLaVA's collator always supervises the answers only, as the paper did",
+    "padding_free": None,  # ours: LlavaTrainingArguments (TRL's padding_free refuses image data)
+}
+# Our defaults for `SFTConfig` fields where the library's would be wrong for LLaVA (applied unless the recipe sets them).
+DEFAULTS = {"max_length": None, "assistant_only_loss": True, "report_to": "none"}
+# `training` keys a resumed run may change without becoming a different run: they do not touch the weights.
+IGNORED_IN_IDENTITY = ("output_dir", "save_*", "logging_*", "report_to", "run_name", "push_to_hub", "hub_*",
+                       "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+                       "dataloader_prefetch_factor", "disable_tqdm", "eval_*", "per_device_eval_batch_size",
+                       "resume_from_checkpoint", "use_cpu")
+
+
+def ignored_in_identity(key: str) -> bool:
+    """Whether `training.<key>` may change between attempts of one run."""
+    return any(fnmatch(key, pattern) for pattern in IGNORED_IN_IDENTITY)
+
+
 @dataclass
 class Recipe:
     stage: Literal["stage1", "stage2", "lora"]
     model: ModelSection
     data: DataSection
-    training: TrainingSection
+    training: SFTConfig
+    llava: LlavaTrainingArguments
     lora: LoraSection | None = None
-    source: str = field(default="<dict>", compare=False)
-    num_processes: int = field(default=1, compare=False)
+    training_keys: dict = field(default_factory=dict)  # the training section as given (values as parsed)
+    source: str = "<dict>"
+    num_processes: int = 1
+
+    @property
+    def global_batch_size(self) -> int:
+        t = self.training
+        return t.per_device_train_batch_size * self.num_processes * t.gradient_accumulation_steps
 
     @property
     def gradient_accumulation_steps(self) -> int:
-        return self.training.global_batch_size // (self.training.per_device_batch_size * self.num_processes)
+        return self.training.gradient_accumulation_steps
 
     def to_dict(self) -> dict:
-        """The recipe's settings (without where it was read from)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.compare}
+        """The recipe's settings as written (without where it was read from): `training` holds the keys given."""
+        settings = {"stage": self.stage, "model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
+                    "training": dict(self.training_keys)}
+        if self.lora is not None:
+            settings["lora"] = dataclasses.asdict(self.lora)
+        return settings
 
     def identity(self) -> str:
         """A hash of every setting that changes the trained weights: equal for a rerun of the same run."""
         settings = self.to_dict()
-        for dotted in IGNORED_IN_IDENTITY:
-            section, key = dotted.split(".")
-            settings[section].pop(key, None)
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        settings["training"] = {k: v for k, v in settings["training"].items() if not ignored_in_identity(k)}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# Settings a resumed run may change without becoming a different run: they do not touch the weights.
-IGNORED_IN_IDENTITY = ("training.output_dir", "training.save_steps", "training.save_total_limit",
-                       "training.logging_steps", "training.dataloader_num_workers", "training.report_to")
-SECTIONS = {"model": ModelSection, "data": DataSection, "training": TrainingSection, "lora": LoraSection}
+SECTIONS = {"model": ModelSection, "data": DataSection, "lora": LoraSection}
 
 
-def _plain(value):
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"key {key!r} is given twice in one mapping (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); YAML would keep only the last")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path):
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_DuplicateKeyLoader)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from error
 
 
 def _describe(annotation) -> str:
@@ -172,22 +214,115 @@ def _coerce(value, annotation, where: str):
     raise RecipeError(f"{where}: expected {_describe(annotation)}, got {value!r} ({type(value).__name__})")
 
 
+def _unknown_key(key: str, known, where: str) -> RecipeError:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
+    return RecipeError(f"{where}: unknown key {key!r}{hint}")
+
+
 def _build(cls, values, where: str):
     """A section dataclass from a mapping: unknown keys, missing keys and wrong types are errors."""
     if not isinstance(values, dict):
         raise RecipeError(f"{where}: expected a mapping of keys, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.compare}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in values:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
-            raise RecipeError(f"{where}: unknown key {key!r}{hint}")
+            raise _unknown_key(key, fields, where)
     missing = [name for name, f in fields.items() if name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise RecipeError(f"{where}: missing required key(s) {', '.join(missing)}")
     return cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
+
+
+class _Parser(TrlParser):
+    """TRL's parser, raising instead of printing usage and exiting; no abbreviations (`max_grad` is a typo)."""
+
+    def __init__(self, dataclass_types):
+        super().__init__(dataclass_types, allow_abbrev=False)
+
+    def error(self, message):
+        raise RecipeError(message)
+
+
+def _as_argument(value) -> list[str] | None:
+    """A YAML value as the command-line strings argparse converts and checks (None: pass it as it is)."""
+    if value is None or isinstance(value, list):
+        return None
+    if isinstance(value, dict):
+        return [json.dumps(value)]
+    return [str(value)]
+
+
+def parse_dataclasses(types_, values: dict, where: str):
+    """`values` (one YAML mapping) as instances of `types_`, through TRL's argument parser: each value is converted
+    and checked (types, choices) as `--key value` would be; lists and nulls are set as they are, as TrlParser does
+    with a config file. Unknown keys are refused."""
+    parser = _Parser(types_)
+    known = {action.dest for action in parser._actions if action.dest != "help"}
+    for key in values:
+        if key not in known:
+            raise _unknown_key(key, known, where)
+    argv, as_is = [], {}
+    for key, value in values.items():
+        strings = _as_argument(value)
+        if strings is None:
+            as_is[key] = value
+        else:
+            argv += [f"--{key}", *strings]
+    parser.set_defaults_with_config(**as_is)
+    try:
+        parsed = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    except RecipeError as error:
+        raise RecipeError(f"{where}: {error}") from None
+    except (ValueError, TypeError) as error:  # a dataclass's own __post_init__ refused a value
+        named = [key for key, value in values.items() if key in str(error) or (
+            isinstance(value, str) and value and value in str(error))]
+        raise RecipeError(f"{where}{'.' + named[0] if named else ''}: {error}") from None
+    return parsed
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+
+
+def parse_training(values, where: str, num_processes: int) -> tuple[SFTConfig, LlavaTrainingArguments, dict]:
+    """The `training` section -> `(SFTConfig, LlavaTrainingArguments, the keys as given, values as parsed)`."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: expected a mapping of SFTConfig keys, got {values!r}")
+    ours = {f.name for f in dataclasses.fields(LlavaTrainingArguments)}
+    for key, why in FIXED.items():
+        if key in values and why:
+            raise RecipeError(f"{where}.{key}: set by this package, not the recipe: {why}")
+    if "global_batch_size" in values and "gradient_accumulation_steps" in values:
+        raise RecipeError(f"{where}: give global_batch_size or gradient_accumulation_steps, not both (the "
+                          "accumulation is worked out from the global batch for the processes of the launch)")
+    (llava,) = parse_dataclasses([LlavaTrainingArguments], {k: v for k, v in values.items() if k in ours}, where)
+    given = {k: v for k, v in values.items() if k not in ours}
+    settings = {**DEFAULTS, **given}
+    if "use_cpu" not in settings and not _has_accelerator():
+        settings["use_cpu"] = True  # bf16 on a CPU is autocast; without this, SFTConfig asks for a GPU
+    if llava.global_batch_size is not None:
+        try:
+            per_device = int(str(settings.get("per_device_train_batch_size", 8)))
+        except ValueError:
+            per_device = 0  # the library names the bad value below
+        if per_device > 0 and llava.global_batch_size > 0:
+            per_step = per_device * num_processes
+            if llava.global_batch_size % per_step:
+                raise RecipeError(
+                    f"{where}.global_batch_size={llava.global_batch_size} is not divisible by "
+                    f"per_device_train_batch_size={per_device} x {num_processes} process(es) = {per_step}; the "
+                    "gradient accumulation steps would not be a whole number")
+            settings["gradient_accumulation_steps"] = llava.global_batch_size // per_step
+    (config,) = parse_dataclasses([SFTConfig], settings, where)
+    as_dict = config.to_dict()
+    keys = {key: as_dict.get(key, values[key]) for key in values if key not in ours}
+    keys.update({key: getattr(llava, key) for key in values if key in ours})
+    return config, llava, keys
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -210,12 +345,10 @@ def recipe_from_dict(raw: dict, source: str = "<dict>", num_processes: int = 1) 
     """Build and validate a recipe from its mapping (as read from YAML)."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with keys stage, model, data, training (and lora)")
-    known = {"stage", *SECTIONS}
+    known = {"stage", "training", *SECTIONS}
     unknown = [key for key in raw if key not in known]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
-        raise RecipeError(f"{source}: unknown key {unknown[0]!r}{hint}")
+        raise _unknown_key(unknown[0], known, source)
     for key in ("stage", "model", "data", "training"):
         if key not in raw:
             raise RecipeError(f"{source}: missing required key {key!r}")
@@ -227,23 +360,28 @@ def recipe_from_dict(raw: dict, source: str = "<dict>", num_processes: int = 1) 
         lora = {}
     sections = {name: _build(cls, raw[name] if name != "lora" else lora, f"{source}: {name}")
                 for name, cls in SECTIONS.items() if name != "lora" or lora is not None}
-    recipe = Recipe(stage=stage, **sections, source=source, num_processes=num_processes)
+    training, llava, keys = parse_training(raw["training"], f"{source}: training", num_processes)
+    recipe = Recipe(stage=stage, **sections, training=training, llava=llava, training_keys=keys, source=source,
+                    num_processes=num_processes)
     check_recipe(recipe)
     return recipe
 
 
-def load_recipe(path, overrides: list[str] = (), num_processes: int = 1) -> Recipe:
-    """Read, override and validate a YAML recipe for a run on `num_processes` processes."""
+def load_recipe(path, overrides: list[str] = (), num_processes: int = 1, check_files: bool = True) -> Recipe:
+    """Read, override and validate a YAML recipe for a run on `num_processes` processes; with `check_files`, the
+    files and folders it names must exist (`inputs.check_inputs`)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML: {error}") from error
+    raw = read_yaml(path) or {}
     for override in overrides:
         apply_override(raw, override)
-    return recipe_from_dict(raw, str(path), num_processes)
+    recipe = recipe_from_dict(raw, str(path), num_processes)
+    if check_files:
+        from .inputs import check_inputs
+
+        check_inputs(recipe)
+    return recipe
 
 
 def _fail(recipe: Recipe, message: str):
@@ -251,8 +389,8 @@ def _fail(recipe: Recipe, message: str):
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Checks across keys: what a type alone cannot say."""
-    model, data, training = recipe.model, recipe.data, recipe.training
+    """Checks across keys, and values the libraries accept but that cannot train: what a type alone cannot say."""
+    model, data, training, llava = recipe.model, recipe.data, recipe.training, recipe.llava
     towers = model.vision_tower is not None or model.language_model is not None
     if bool(model.checkpoint) == towers:
         _fail(recipe, "model: give either checkpoint (continue a LLaVA) or vision_tower and language_model (build a "
@@ -290,28 +428,28 @@ def check_recipe(recipe: Recipe) -> None:
             _fail(recipe, f"data.prompt_format: {error}")
     if data.streaming and training.max_steps <= 0:
         _fail(recipe, "data.streaming needs training.max_steps > 0: a stream has no length to count epochs by")
-    if data.streaming and training.group_by_modality_length:
+    if data.streaming and llava.group_by_modality_length:
         _fail(recipe, "training.group_by_modality_length needs the whole dataset to order; it cannot be combined "
                       "with data.streaming=true")
-    positive = {"data.max_length": data.max_length, "training.global_batch_size": training.global_batch_size,
-                "training.per_device_batch_size": training.per_device_batch_size,
-                "training.learning_rate": training.learning_rate, "training.save_steps": training.save_steps,
-                "training.logging_steps": training.logging_steps}
+    positive = {"data.max_length": data.max_length, "training.per_device_train_batch_size":
+                training.per_device_train_batch_size, "training.learning_rate": training.learning_rate,
+                "training.gradient_accumulation_steps": training.gradient_accumulation_steps}
+    if llava.global_batch_size is not None:
+        positive["training.global_batch_size"] = llava.global_batch_size
+    if llava.projector_lr is not None:  # a negative rate runs gradient ascent on the projector
+        positive["training.projector_lr"] = llava.projector_lr
     if training.max_steps <= 0:
         positive["training.num_train_epochs"] = training.num_train_epochs
     for key, value in positive.items():
         if value <= 0:
             _fail(recipe, f"{key} must be > 0, got {value}")
-    if not 0 <= training.warmup_ratio < 1:
-        _fail(recipe, f"training.warmup_ratio must be in [0, 1), got {training.warmup_ratio}")
-    per_step = training.per_device_batch_size * recipe.num_processes
-    if training.global_batch_size % per_step:
-        _fail(recipe, f"training.global_batch_size={training.global_batch_size} is not divisible by "
-                      f"per_device_batch_size={training.per_device_batch_size} x {recipe.num_processes} process(es) "
-                      f"= {per_step}; the gradient accumulation steps would not be a whole number")
+    if training.dataloader_num_workers < 0:
+        _fail(recipe, f"training.dataloader_num_workers must be >= 0 (0: load in the training process), got "
+                      f"{training.dataloader_num_workers}")
     if recipe.lora is not None and min(recipe.lora.r, recipe.lora.alpha) <= 0:
         _fail(recipe, f"lora.r and lora.alpha must be > 0, got r={recipe.lora.r}, alpha={recipe.lora.alpha}")
 
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "apply_override", "ModelSection",
-           "DataSection", "TrainingSection", "LoraSection", "IGNORED_IN_IDENTITY"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "apply_override", "parse_training",
+           "ModelSection", "DataSection", "LlavaTrainingArguments", "LoraSection", "IGNORED_IN_IDENTITY",
+           "ignored_in_identity", "read_yaml"]
