@@ -194,8 +194,10 @@ def read_records(path) -> list[dict]:
             records = json.loads(text)
         except json.JSONDecodeError as error:
             if error.msg != "Extra data":
-                raise DataError(f"{path}: not valid JSON: {error.msg} at {_position(text, error.pos)}"
-                                + (" (the file ends early: cut short?)" if error.pos >= len(text.rstrip()) else "")
+                reason = error.msg.removesuffix(" at").removesuffix(" starting")
+                ending = text.rstrip()[-1]
+                raise DataError(f"{path}: not valid JSON at {_position(text, error.pos)}: {reason}"
+                                + (f" (the file ends in {ending!r}, not ']': cut short?)" if ending != "]" else "")
                                 ) from None
             records = _json_lines(text, path)  # one object per line, under a .json name
     if isinstance(records, dict):
