@@ -284,14 +284,14 @@ def drop_too_long(dataset, processor, max_length: int, *, on_too_long: Literal["
     if isinstance(with_length, datasets.IterableDataset):
         def fits(example):
             if example["length"] > max_length and on_too_long == "fail":
-                raise ValueError(f"sample {example['id']} is {example['length']} tokens, over max_length={max_length}")
+                raise DataError(f"sample {example['id']} is {example['length']} tokens, over max_length={max_length}")
             return example["length"] <= max_length
         return with_length.filter(fits).remove_columns("length"), None
     too_long = [(i, f"{n} tokens > max_length={max_length}")
                 for i, n in zip(with_length["id"], with_length["length"]) if n > max_length]
     report = DataReport(kept=len(dataset) - len(too_long), dropped=too_long)
     if too_long and on_too_long == "fail":
-        raise ValueError(f"{len(too_long)} sample(s) longer than max_length={max_length} (image tokens are never "
+        raise DataError(f"{len(too_long)} sample(s) longer than max_length={max_length} (image tokens are never "
                          f"cut; on_too_long='drop' removes them):\n{report}")
     if too_long and report.kept == 0:
         raise DataError(f"all {len(too_long)} samples are over max_length={max_length} tokens (the shortest is "
