@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -274,8 +275,9 @@ def parse_dataclasses(types_, values: dict, where: str):
     parser.set_defaults_with_config(**as_is)
     try:
         parsed = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
-    except RecipeError as error:
-        raise RecipeError(f"{where}: {error}") from None
+    except RecipeError as error:  # argparse's "argument --key/--key-alias: message" -> "training.key: message"
+        named = re.match(r"argument --(\w+)(?:/--[\w-]+)?: (.*)", str(error), re.S)
+        raise RecipeError(f"{where}.{named[1]}: {named[2]}" if named else f"{where}: {error}") from None
     except (ValueError, TypeError) as error:  # a dataclass's own __post_init__ refused a value
         named = [key for key, value in values.items() if key in str(error) or (
             isinstance(value, str) and value and value in str(error))]
