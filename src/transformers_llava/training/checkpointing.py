@@ -164,7 +164,7 @@ def claim_output_dir(recipe, write: bool = True, allow_data_change: bool = False
             if write:
                 _write_run(output_dir, _new_run(recipe))
             return Claim(checkpoint=None, finished=False, skipped=[str(p) for p in incomplete],
-                         replaced=f"{run.get('source')}, started {run.get('started')}")
+                         replaced=f"{run.get('source')} (started {run.get('started')})")
         changes = [change for change in _differences(run.get("recipe", {}), settings)
                    if not (change.startswith("training.") and ignored_in_identity(change.split(":")[0][9:]))]
         raise OutputDirConflict(
