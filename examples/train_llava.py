@@ -23,6 +23,7 @@ from transformers_llava.training.recipes import load_recipe
 from transformers_llava.training.run import (
     finish,
     load_data,
+    load_eval_data,
     load_model,
     process_state,
     record_stage,
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     #    original did -> chat messages + image paths, opened only when a batch is collated. Invalid samples and
     #    samples over max_length are dropped and listed by id (or stop the run: on_invalid / on_too_long = fail).
     dataset, data_summary = load_data(recipe, processor, state)
+    eval_dataset = load_eval_data(recipe, processor, state)  # data.eval_path, for training.eval_strategy (or None)
 
     # 4. SFTConfig: the recipe's training section, with gradient accumulation worked out from the global batch,
     #    max_length=None (lengths were checked in step 3: image tokens are never cut) and use_cpu without a GPU.
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
     trainer: LlavaSFTTrainer = make_trainer(
         model, processor, dataset, training_args, stage=recipe.stage, chat_template=recipe.data.chat_template,
         projector_lr=recipe.llava.projector_lr, padding_free=recipe.llava.padding_free,
-        group_by_modality_length=recipe.llava.group_by_modality_length, lora=lora)
+        group_by_modality_length=recipe.llava.group_by_modality_length, lora=lora, eval_dataset=eval_dataset)
 
     # 6. Train, from the last complete checkpoint when this run was interrupted.
     result = trainer.train(resume_from_checkpoint=resume_point(recipe, claim))

@@ -134,6 +134,7 @@ def test_every_sft_config_field_can_be_set(tmp_path):
     """Fields the recipe schema never mirrored reach SFTConfig as they are, through the recipe or an override."""
     path = EXAMPLES / "llava_v1_stage2.yaml"
     recipe = load_recipe(path, ["training.max_grad_norm=0.5", "training.eval_strategy=steps", "training.eval_steps=7",
+                                "data.eval_path=held_out.json",
                                 "training.push_to_hub=true", "training.hub_model_id=me/llava",
                                 "training.lr_scheduler_kwargs={num_cycles: 2}", "training.report_to=[tensorboard]"])
     t = recipe.training
@@ -229,3 +230,13 @@ def test_a_checkpoint_recipe_checks_the_checkpoint(tmp_path, capsys):
     (tmp_path / "stage1").mkdir()
     assert main(args) == 2
     assert "is a folder without a config.json" in capsys.readouterr().err
+
+
+def test_evaluation_needs_held_out_data(tmp_path):
+    path = EXAMPLES / "llava_v1_stage2.yaml"
+    with pytest.raises(RecipeError, match=r"training\.eval_strategy=steps needs held-out data: data\.eval_path"):
+        load_recipe(path, ["training.eval_strategy=steps"])
+    recipe = load_recipe(path, ["training.eval_strategy=steps", "data.eval_path=held_out.json"])
+    assert recipe.data.eval_path == "held_out.json"
+    with pytest.raises(RecipeError, match=r"data\.eval_path: held_out\.json does not exist"):
+        _load_recipe(path, ["training.eval_strategy=steps", "data.eval_path=held_out.json"], check_files=True)

@@ -94,5 +94,20 @@ def test_a_corrupt_image_is_skipped_at_load_and_training_runs(towers, base_check
     assert main([str(path), *override_args(overrides)]) == 0
     out = capfd.readouterr().out
     assert f"{data}: invalid samples: kept 3 samples, dropped 1" in out and "image file is cut short" in out
-    stage = AutoConfig.from_pretrained(tmp_path / "out").training_provenance["stages"][-1]
+    stage = read_training_record(tmp_path / "out")["stages"][-1]
     assert (stage["steps"], stage["data"]["samples"], stage["data"]["dropped"]) == (2, 3, 1)
+
+
+def test_sft_config_fields_the_old_schema_lacked_reach_the_trainer(towers, base_checkpoint, tiny_data, tmp_path,
+                                                                   capfd):
+    """A recipe's training section is SFTConfig: evaluation on held-out data and gradient clipping just work."""
+    path = EXAMPLES / "llava_v1_stage2.yaml"
+    overrides = tiny_overrides(path, towers, base_checkpoint, tiny_data, tmp_path / "out") + [
+        "training.eval_strategy=steps", "training.eval_steps=1", "training.per_device_eval_batch_size=8",
+        f"data.eval_path={tiny_data / 'conversations.json'}", "training.max_grad_norm=0.25"]
+    assert main([str(path), *override_args(overrides)]) == 0
+    out = capfd.readouterr().out
+    assert out.count("'eval_loss'") == 2  # after each of the two steps
+    assert float(out.split("'grad_norm': ")[1].split(",")[0].strip("'")) > 0
+    stage = read_training_record(tmp_path / "out")["stages"][-1]
+    assert dict(stage["hyperparameters"])["max_grad_norm"] == 0.25

@@ -4,7 +4,7 @@ loads, so that a wrong path fails in a second with the key that holds it, not mi
     check_inputs(recipe)      # RecipeError naming the recipe file, the key and the path
 
 Checked: `data.path` (a JSON(L) file; for ScienceQA a folder with `problems.json` and `pid_splits.json`),
-`data.image_folder`, `model.checkpoint` / `model.vision_tower` / `model.language_model` (a local folder with a
+`data.eval_path`, `data.image_folder`, `model.checkpoint` / `model.vision_tower` / `model.language_model` (a local folder with a
 `config.json`, or a Hub id: in the local cache when offline, on the Hub otherwise) and
 `training.resume_from_checkpoint`.
 """
@@ -60,6 +60,8 @@ def input_problems(recipe: Recipe) -> list[tuple[str, str]]:
     elif not Path(data.path).is_file():
         problems.append(("data.path", f"{data.path} " + ("is a folder, not a JSON file" if Path(data.path).is_dir()
                                                          else "does not exist")))
+    if data.eval_path is not None and not Path(data.eval_path).is_file():
+        problems.append(("data.eval_path", f"{data.eval_path} does not exist"))
     if data.image_folder is not None and not Path(data.image_folder).is_dir():
         problems.append(("data.image_folder", f"{data.image_folder} is not a folder"))
     for key in ("checkpoint", "vision_tower", "language_model"):

@@ -66,6 +66,8 @@ class DataSection:
     on_invalid: Literal["fail", "skip"] = "skip"
     on_too_long: Literal["drop", "fail"] = "drop"
     streaming: bool = False  # needs training.max_steps
+    eval_path: str | None = None  # held-out samples in the same format, for training.eval_strategy
+    eval_split: str | None = None  # scienceqa only: the held-out split (e.g. val), for training.eval_strategy
 
 
 @dataclass
@@ -143,6 +145,9 @@ class Recipe:
         """A hash of every setting that changes the trained weights: equal for a rerun of the same run."""
         settings = self.to_dict()
         settings["training"] = {k: v for k, v in settings["training"].items() if not ignored_in_identity(k)}
+        for section in ("model", "data", "lora"):  # unset keys: a key added to the schema is not a new run
+            if section in settings:
+                settings[section] = {k: v for k, v in settings[section].items() if v is not None}
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -418,7 +423,7 @@ def check_recipe(recipe: Recipe) -> None:
                       "so that the saved adapter can find its base model")
     if recipe.lora is not None and recipe.stage != "lora":
         _fail(recipe, f"a lora section is only used by stage lora, not {recipe.stage}")
-    scienceqa_only = [k for k in ("split", "prompt_format") if getattr(data, k) is not None]
+    scienceqa_only = [k for k in ("split", "prompt_format", "eval_split") if getattr(data, k) is not None]
     if data.format != "scienceqa" and scienceqa_only:
         _fail(recipe, f"data.{scienceqa_only[0]} only applies to data.format scienceqa, not {data.format}")
     if data.format == "scienceqa" and data.prompt_format is not None:
@@ -428,6 +433,12 @@ def check_recipe(recipe: Recipe) -> None:
             parse_prompt_format(data.prompt_format)
         except ValueError as error:
             _fail(recipe, f"data.prompt_format: {error}")
+    if data.format == "scienceqa" and data.eval_path is not None:
+        _fail(recipe, "data.eval_path: ScienceQA's held-out samples are a split of data.path: give data.eval_split")
+    evaluates = str(getattr(training.eval_strategy, "value", training.eval_strategy)) != "no"
+    if evaluates and not (data.eval_path or data.eval_split):
+        _fail(recipe, f"training.eval_strategy={training.eval_strategy.value} needs held-out data: data.eval_path "
+                      "(data.eval_split for ScienceQA)")
     if data.streaming and training.max_steps <= 0:
         _fail(recipe, "data.streaming needs training.max_steps > 0: a stream has no length to count epochs by")
     if data.streaming and llava.group_by_modality_length:

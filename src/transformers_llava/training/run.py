@@ -71,13 +71,13 @@ def with_chat_template(processor, name: str | None):
     return processor
 
 
-def scienceqa_json(recipe: Recipe, state: PartialState) -> Path:
+def scienceqa_json(recipe: Recipe, state: PartialState, split: str | None = None) -> Path:
     """ScienceQA's `problems.json` -> LLaVA JSON in the run folder (written by the main process, read by all)."""
     from ..formats.llava_json import write_llava_json
     from ..formats.scienceqa import load_scienceqa, to_llava_records
 
     data = recipe.data
-    split, prompt_format = data.split or "train", data.prompt_format or "QCM-LEPA"
+    split, prompt_format = split or data.split or "train", data.prompt_format or "QCM-LEPA"
     path = Path(recipe.training.output_dir) / f"scienceqa_{split}_{prompt_format}.json"
     with state.main_process_first():
         if state.is_main_process:
@@ -85,27 +85,46 @@ def scienceqa_json(recipe: Recipe, state: PartialState) -> Path:
     return path
 
 
-def load_data(recipe: Recipe, processor, state: PartialState):
-    """The training dataset and a summary of what was kept (`format, path, samples, dropped, chat_template`)."""
+def _load(recipe: Recipe, processor, state: PartialState, path, streaming: bool, source: str):
+    """One data file -> (dataset without invalid or too-long samples, invalid report, too-long report)."""
     data = recipe.data
-    options = {"streaming": data.streaming, "on_invalid": data.on_invalid}
+    options = {"streaming": streaming, "on_invalid": data.on_invalid}
     if data.format == "captions":
-        dataset, report = load_captions(data.path, data.image_folder, seed=recipe.training.seed, **options)
+        dataset, report = load_captions(path, data.image_folder, seed=recipe.training.seed, **options)
     else:
-        path = scienceqa_json(recipe, state) if data.format == "scienceqa" else data.path
         dataset, report = load_llava_json(path, data.image_folder, **options)
     try:
         dataset, too_long = drop_too_long(dataset, with_chat_template(processor, data.chat_template), data.max_length,
                                           on_too_long=data.on_too_long)
     except DataError as error:
-        raise DataError(f"{data.path}: {error}") from None
+        raise DataError(f"{source}: {error}") from None
     for what, summary in (("invalid samples", report), (f"samples over {data.max_length} tokens", too_long)):
         if summary is not None and summary.dropped:
-            state.print(f"{data.path}: {what}: {summary}")
+            state.print(f"{source}: {what}: {summary}")
+    return dataset, report, too_long
+
+
+def load_data(recipe: Recipe, processor, state: PartialState):
+    """The training dataset and a summary of what was kept (`format, path, samples, dropped, chat_template`)."""
+    data = recipe.data
+    path = scienceqa_json(recipe, state) if data.format == "scienceqa" else data.path
+    dataset, report, too_long = _load(recipe, processor, state, path, data.streaming, data.path)
     summary = {"format": data.format, "path": data.path, "chat_template": data.chat_template,
                "samples": None if data.streaming else len(dataset),
                "dropped": None if data.streaming else len(report.dropped) + len(too_long.dropped)}
     return dataset, summary
+
+
+def load_eval_data(recipe: Recipe, processor, state: PartialState):
+    """The held-out dataset for `training.eval_strategy` (`data.eval_path`, or ScienceQA's `data.eval_split`), or
+    None when the recipe names none. Checked like the training data."""
+    data = recipe.data
+    if data.eval_split:
+        return _load(recipe, processor, state, scienceqa_json(recipe, state, data.eval_split), False,
+                     f"{data.path} ({data.eval_split})")[0]
+    if data.eval_path:
+        return _load(recipe, processor, state, data.eval_path, False, data.eval_path)[0]
+    return None
 
 
 def stage_record(recipe: Recipe, data_summary: dict) -> dict:
@@ -156,7 +175,8 @@ def record_stage(recipe: Recipe, model, data_summary: dict) -> None:
     set_provenance(model.config, record)
 
 
-def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict, state: PartialState):
+def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict, state: PartialState,
+                  eval_dataset=None):
     """The stage's `SFTTrainer`; this stage's record joins the config first, so checkpoints carry it too."""
     record_stage(recipe, model, data_summary)
     lora = lora_config(model, recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) if recipe.lora else None
@@ -169,7 +189,7 @@ def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict,
     return make_trainer(model, processor, dataset, args, stage=recipe.stage, chat_template=recipe.data.chat_template,
                         projector_lr=recipe.llava.projector_lr, padding_free=recipe.llava.padding_free,
                         group_by_modality_length=recipe.llava.group_by_modality_length,
-                        lora=lora)
+                        lora=lora, eval_dataset=eval_dataset)
 
 
 def finish(recipe: Recipe, trainer, processor, result, state: PartialState) -> None:
@@ -213,8 +233,9 @@ def run_recipe(recipe: Recipe, allow_data_change: bool = False) -> RunResult:
         return RunResult(recipe.training.output_dir, 0, None, None, already_finished=True)
     model, processor = load_model(recipe)
     dataset, data_summary = load_data(recipe, processor, state)
+    eval_dataset = load_eval_data(recipe, processor, state)
     try:
-        trainer = build_trainer(recipe, model, processor, dataset, data_summary, state)
+        trainer = build_trainer(recipe, model, processor, dataset, data_summary, state, eval_dataset)
     except StopIteration:
         raise no_samples_left(recipe) from None
     result = trainer.train(resume_from_checkpoint=resume_point(recipe, claim))
@@ -223,5 +244,5 @@ def run_recipe(recipe: Recipe, allow_data_change: bool = False) -> RunResult:
                      claim.checkpoint)
 
 
-__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "build_trainer", "finish", "resume_point", "record_stage",
+__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "load_eval_data", "build_trainer", "finish", "resume_point", "record_stage",
            "stage_record", "RunResult"]
