@@ -181,6 +181,7 @@ def read_records(path) -> list[dict]:
         line = raw.count(b"\n", 0, error.start) + 1
         raise DataError(f"{path}: not UTF-8 text: byte 0x{raw[error.start]:02x} at byte {error.start} (line {line}); "
                         "LLaVA data files are UTF-8 JSON") from None
+    del raw  # a 1 GB file: keep one copy of it, not two
     if path.endswith(".jsonl"):
         records = _json_lines(text, path)
     else:
