@@ -240,3 +240,14 @@ def test_evaluation_needs_held_out_data(tmp_path):
     assert recipe.data.eval_path == "held_out.json"
     with pytest.raises(RecipeError, match=r"data\.eval_path: held_out\.json does not exist"):
         _load_recipe(path, ["training.eval_strategy=steps", "data.eval_path=held_out.json"], check_files=True)
+
+
+def test_held_out_data_and_evaluation_settings_do_not_change_the_run():
+    path = EXAMPLES / "llava_v1_stage2.yaml"
+    assert load_recipe(path).identity() == load_recipe(path, [
+        "data.eval_path=held_out.json", "training.eval_strategy=steps", "training.eval_steps=50"]).identity()
+
+
+def test_string_values_pass_through_as_written():
+    recipe = load_recipe(EXAMPLES / "llava_v1_stage2.yaml", ["training.run_name=--my run", "training.seed=-3"])
+    assert (recipe.training.run_name, recipe.training.seed) == ("--my run", -3)

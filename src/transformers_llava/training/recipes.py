@@ -148,6 +148,8 @@ class Recipe:
         for section in ("model", "data", "lora"):  # unset keys: a key added to the schema is not a new run
             if section in settings:
                 settings[section] = {k: v for k, v in settings[section].items() if v is not None}
+        for key in ("eval_path", "eval_split"):  # held-out data is only evaluated on
+            settings["data"].pop(key, None)
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -252,13 +254,11 @@ class _Parser(TrlParser):
         raise RecipeError(message)
 
 
-def _as_argument(value) -> list[str] | None:
-    """A YAML value as the command-line strings argparse converts and checks (None: pass it as it is)."""
+def _as_argument(value) -> str | None:
+    """A YAML value as the command-line string argparse converts and checks (None: pass it as it is)."""
     if value is None or isinstance(value, list):
         return None
-    if isinstance(value, dict):
-        return [json.dumps(value)]
-    return [str(value)]
+    return json.dumps(value) if isinstance(value, dict) else str(value)
 
 
 def parse_dataclasses(types_, values: dict, where: str):
@@ -272,11 +272,11 @@ def parse_dataclasses(types_, values: dict, where: str):
             raise _unknown_key(key, known, where)
     argv, as_is = [], {}
     for key, value in values.items():
-        strings = _as_argument(value)
-        if strings is None:
+        string = _as_argument(value)
+        if string is None:
             as_is[key] = value
         else:
-            argv += [f"--{key}", *strings]
+            argv.append(f"--{key}={string}")  # one token: a value starting with "-" stays a value
     parser.set_defaults_with_config(**as_is)
     try:
         parsed = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
