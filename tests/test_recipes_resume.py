@@ -140,7 +140,7 @@ def test_data_edited_between_a_kill_and_the_resume_is_refused_unless_allowed(tow
     before = (out / RUN_FILE).read_text()
     assert main(args) == 3
     error = capsys.readouterr().err
-    assert f"the data changed since" in error and f"{data}: " in error and "content changed" in error
+    assert "the data changed since" in error and f"{data}: " in error and "content changed" in error
     assert "--allow-data-change" in error and (out / RUN_FILE).read_text() == before
     with pytest.raises(DataChanged):
         claim_output_dir(recipe)

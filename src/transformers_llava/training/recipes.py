@@ -6,20 +6,19 @@
     recipe.identity()                       # what makes two runs "the same run" (see `ignored_in_identity`)
 
 A recipe has the `stage` and four sections. `model`, `data` and `lora` are LLaVA's and checked against the schema
-below. `training` is `SFTConfig`, parsed by TRL's `TrlParser` (transformers' `HfArgumentParser`), so a typo or a bad
-value (`lr_scheduler_type: cosnie`, `optim: adamw_trch`, an unknown key) is refused by the library that owns the
-field; our message adds the file and the key. Four keys of `training` are LLaVA's (`LlavaTrainingArguments`):
+below. `training` is `SFTConfig`, parsed by TRL's `TrlParser` (`arguments.py`), so a typo or a bad value
+(`lr_scheduler_type: cosnie`, `optim: adamw_trch`, an unknown key) is refused by the library that owns the field;
+our message adds the file and the key. Four keys of `training` are LLaVA's (`LlavaTrainingArguments`):
 `global_batch_size` (gradient accumulation is worked out from it at launch), `projector_lr`, `padding_free` (our
-packed collator: TRL's own refuses image data) and `group_by_modality_length`. `--override` values are parsed as YAML
+packed collator: TRL's own refuses image data) and `group_by_modality_length`. `check_recipe` refuses what the
+libraries accept but cannot train; `inputs.check_inputs` the files that are not there. `--override` values are parsed as YAML
 (`training.learning_rate=1e-4`, `data.streaming=true`, `model.checkpoint=null`). The YAML loader refuses a key given
 twice in one mapping, naming it and both lines.
 """
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,15 +27,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from trl import SFTConfig, TrlParser
+from trl import SFTConfig
 
 from ..chat_templates import FORMATS
 from ..configuration_llava import projector_depth
+from .arguments import LlavaTrainingArguments, RecipeError, parse_training, unknown_key
 from .stages import STAGES
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run, with the file and the key at fault."""
 
 
 @dataclass
@@ -71,35 +67,12 @@ class DataSection:
 
 
 @dataclass
-class LlavaTrainingArguments:
-    """The keys of a recipe's `training` section that are LLaVA's, not `SFTConfig`'s."""
-
-    global_batch_size: int | None = field(default=None, metadata={
-        "help": "per-device batch x processes x gradient accumulation; the accumulation is worked out at launch"})
-    projector_lr: float | None = field(default=None, metadata={
-        "help": "the projector's own learning rate (the original's mm_projector_lr)"})
-    padding_free: bool = field(default=False, metadata={
-        "help": "pack each batch into one row, positions restarting per sample (LLaVA's collator)"})
-    group_by_modality_length: bool = field(default=False, metadata={
-        "help": "every optimizer step from one modality (LLaVA-1.5); not with streaming"})
-
-
-@dataclass
 class LoraSection:
     r: int = 128
     alpha: int = 256
     dropout: float = 0.05
 
 
-# `SFTConfig` fields this package sets itself, and why a recipe may not.
-FIXED = {
-    "max_length": "sample lengths are checked by data.max_length (longer samples are dropped or fail, image tokens "
-                  "are never cut); TRL's max_length would truncate through them",
-    "assistant_only_loss": "LLaVA's collator always supervises the answers only, as the paper did",
-    "padding_free": None,  # ours: LlavaTrainingArguments (TRL's padding_free refuses image data)
-}
-# Our defaults for `SFTConfig` fields where the library's would be wrong for LLaVA (applied unless the recipe sets them).
-DEFAULTS = {"max_length": None, "assistant_only_loss": True, "report_to": "none"}
 # `training` keys a resumed run may change without becoming a different run: they do not touch the weights.
 IGNORED_IN_IDENTITY = ("output_dir", "save_*", "logging_*", "report_to", "run_name", "push_to_hub", "hub_*",
                        "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
@@ -222,12 +195,6 @@ def _coerce(value, annotation, where: str):
     raise RecipeError(f"{where}: expected {_describe(annotation)}, got {value!r} ({type(value).__name__})")
 
 
-def _unknown_key(key: str, known, where: str) -> RecipeError:
-    close = difflib.get_close_matches(str(key), known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
-    return RecipeError(f"{where}: unknown key {key!r}{hint}")
-
-
 def _build(cls, values, where: str):
     """A section dataclass from a mapping: unknown keys, missing keys and wrong types are errors."""
     if not isinstance(values, dict):
@@ -236,100 +203,12 @@ def _build(cls, values, where: str):
     hints = typing.get_type_hints(cls)
     for key in values:
         if key not in fields:
-            raise _unknown_key(key, fields, where)
+            raise unknown_key(key, fields, where)
     missing = [name for name, f in fields.items() if name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise RecipeError(f"{where}: missing required key(s) {', '.join(missing)}")
     return cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
-
-
-class _Parser(TrlParser):
-    """TRL's parser, raising instead of printing usage and exiting; no abbreviations (`max_grad` is a typo)."""
-
-    def __init__(self, dataclass_types):
-        super().__init__(dataclass_types, allow_abbrev=False)
-
-    def error(self, message):
-        raise RecipeError(message)
-
-
-def _as_argument(value) -> str | None:
-    """A YAML value as the command-line string argparse converts and checks (None: pass it as it is)."""
-    if value is None or isinstance(value, list):
-        return None
-    return json.dumps(value) if isinstance(value, dict) else str(value)
-
-
-def parse_dataclasses(types_, values: dict, where: str):
-    """`values` (one YAML mapping) as instances of `types_`, through TRL's argument parser: each value is converted
-    and checked (types, choices) as `--key value` would be; lists and nulls are set as they are, as TrlParser does
-    with a config file. Unknown keys are refused."""
-    parser = _Parser(types_)
-    known = {action.dest for action in parser._actions if action.dest != "help"}
-    for key in values:
-        if key not in known:
-            raise _unknown_key(key, known, where)
-    argv, as_is = [], {}
-    for key, value in values.items():
-        string = _as_argument(value)
-        if string is None:
-            as_is[key] = value
-        else:
-            argv.append(f"--{key}={string}")  # one token: a value starting with "-" stays a value
-    parser.set_defaults_with_config(**as_is)
-    try:
-        parsed = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
-    except RecipeError as error:  # argparse's "argument --key/--key-alias: message" -> "training.key: message"
-        named = re.match(r"argument --(\w+)(?:/--[\w-]+)?: (.*)", str(error), re.S)
-        raise RecipeError(f"{where}.{named[1]}: {named[2]}" if named else f"{where}: {error}") from None
-    except (ValueError, TypeError) as error:  # a dataclass's own __post_init__ refused a value
-        named = [key for key, value in values.items() if key in str(error) or (
-            isinstance(value, str) and value and value in str(error))]
-        raise RecipeError(f"{where}{'.' + named[0] if named else ''}: {error}") from None
-    return parsed
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-
-
-def parse_training(values, where: str, num_processes: int) -> tuple[SFTConfig, LlavaTrainingArguments, dict]:
-    """The `training` section -> `(SFTConfig, LlavaTrainingArguments, the keys as given, values as parsed)`."""
-    if not isinstance(values, dict):
-        raise RecipeError(f"{where}: expected a mapping of SFTConfig keys, got {values!r}")
-    ours = {f.name for f in dataclasses.fields(LlavaTrainingArguments)}
-    for key, why in FIXED.items():
-        if key in values and why:
-            raise RecipeError(f"{where}.{key}: set by this package, not the recipe: {why}")
-    if "global_batch_size" in values and "gradient_accumulation_steps" in values:
-        raise RecipeError(f"{where}: give global_batch_size or gradient_accumulation_steps, not both (the "
-                          "accumulation is worked out from the global batch for the processes of the launch)")
-    (llava,) = parse_dataclasses([LlavaTrainingArguments], {k: v for k, v in values.items() if k in ours}, where)
-    given = {k: v for k, v in values.items() if k not in ours}
-    settings = {**DEFAULTS, **given}
-    if "use_cpu" not in settings and not _has_accelerator():
-        settings["use_cpu"] = True  # bf16 on a CPU is autocast; without this, SFTConfig asks for a GPU
-    if llava.global_batch_size is not None:
-        try:
-            per_device = int(str(settings.get("per_device_train_batch_size", 8)))
-        except ValueError:
-            per_device = 0  # the library names the bad value below
-        if per_device > 0 and llava.global_batch_size > 0:
-            per_step = per_device * num_processes
-            if llava.global_batch_size % per_step:
-                raise RecipeError(
-                    f"{where}.global_batch_size={llava.global_batch_size} is not divisible by "
-                    f"per_device_train_batch_size={per_device} x {num_processes} process(es) = {per_step}; the "
-                    "gradient accumulation steps would not be a whole number")
-            settings["gradient_accumulation_steps"] = llava.global_batch_size // per_step
-    (config,) = parse_dataclasses([SFTConfig], settings, where)
-    as_dict = config.to_dict()
-    keys = {key: as_dict.get(key, values[key]) for key in values if key not in ours}
-    keys.update({key: getattr(llava, key) for key in values if key in ours})
-    return config, llava, keys
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -355,7 +234,7 @@ def recipe_from_dict(raw: dict, source: str = "<dict>", num_processes: int = 1) 
     known = {"stage", "training", *SECTIONS}
     unknown = [key for key in raw if key not in known]
     if unknown:
-        raise _unknown_key(unknown[0], known, source)
+        raise unknown_key(unknown[0], known, source)
     for key in ("stage", "model", "data", "training"):
         if key not in raw:
             raise RecipeError(f"{source}: missing required key {key!r}")
