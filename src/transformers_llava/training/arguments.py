@@ -133,7 +133,13 @@ def parse_training(values, where: str, num_processes: int) -> tuple[SFTConfig, L
                     f"per_device_train_batch_size={per_device} x {num_processes} process(es) = {per_step}; the "
                     "gradient accumulation steps would not be a whole number")
             settings["gradient_accumulation_steps"] = llava.global_batch_size // per_step
-    (config,) = parse_dataclasses([SFTConfig], settings, where)
+    try:
+        (config,) = parse_dataclasses([SFTConfig], settings, where)
+    except RecipeError as error:
+        if "support bf16" not in str(error):
+            raise
+        raise RecipeError(f"{error} This GPU has no bf16: run with -o training.bf16=false (fp32) or "
+                          "-o training.bf16=false -o training.fp16=true.") from None
     as_dict = config.to_dict()
     keys = {key: as_dict.get(key, values[key]) for key in values if key not in ours}
     keys.update({key: getattr(llava, key) for key in values if key in ours})
