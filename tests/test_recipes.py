@@ -89,7 +89,8 @@ def raw(**changes):
     ({"training__projector_lr": "fast"}, 1, r"training\.projector_lr: invalid float value: 'fast'"),
     ({"training__projector_lr": -5}, 1, r"training\.projector_lr must be > 0, got -5"),
     ({"training__dataloader_num_workers": -1}, 1, r"training\.dataloader_num_workers must be >= 0 .* got -1"),
-    ({"training__max_length": 512}, 1, r"training\.max_length: set by this package, not the recipe: .*data\.max_length"),
+    ({"training__max_length": 512}, 1,
+     r"training\.max_length: set by this package, not the recipe: .*data\.max_length"),
     ({"training__gradient_accumulation_steps": 2}, 1,
      r"training: give global_batch_size or gradient_accumulation_steps, not both"),
     ({"training__fp16": True}, 1, r"training\.bf16: At most one of fp16 and bf16 can be True"),
@@ -105,7 +106,8 @@ def raw(**changes):
      r"training\.group_by_modality_length needs the whole dataset .* data\.streaming=true"),
     ({"data__chat_template": "chatml"}, 1, r"data\.chat_template: unknown conversation format 'chatml'"),
     ({"data__prompt_format": "QCM-LEPA"}, 1, r"data\.prompt_format only applies to data\.format scienceqa"),
-    ({"training__warmup_steps": -3}, 1, r"training\.warmup_steps: Got warmup_steps = -3\.0, Expected value warmup_steps >= 0"),
+    ({"training__warmup_steps": -3}, 1,
+     r"training\.warmup_steps: Got warmup_steps = -3\.0, Expected value warmup_steps >= 0"),
     ({"training__learning_rate": 0}, 1, r"training\.learning_rate must be > 0, got 0"),
 ])
 def test_invalid_recipes_fail_clearly(changes, processes, message):

@@ -42,7 +42,7 @@ FIXED = {
                   "are never cut); TRL's max_length would truncate through them",
     "assistant_only_loss": "LLaVA's collator always supervises the answers only, as the paper did",
 }
-# Our defaults for `SFTConfig` fields where the library's would be wrong for LLaVA (applied unless the recipe sets them).
+# Our defaults for `SFTConfig` fields where the library's are wrong for LLaVA (unless the recipe sets them).
 DEFAULTS = {"max_length": None, "assistant_only_loss": True, "report_to": "none"}
 
 

@@ -44,7 +44,7 @@ class Claim:
     finished: bool  # the run already completed: nothing to do
     skipped: list[str]  # checkpoints left by a kill while they were being written
     replaced: str | None = None  # an earlier attempt that stopped before its first checkpoint, started afresh
-    data_changed: list[str] | None = None  # data files that changed since the run started (resumed with allow_data_change)
+    data_changed: list[str] | None = None  # data files changed since the start (resumed with allow_data_change)
 
 
 def data_files(recipe) -> list[Path]:

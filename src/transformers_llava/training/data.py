@@ -293,5 +293,6 @@ def drop_too_long(dataset, processor, max_length: int, *, on_too_long: Literal["
     return kept.remove_columns("length"), report
 
 
-__all__ = ["DataError", "read_records", "image_problem", "load_llava_json", "load_captions", "drop_too_long", "record_to_example", "caption_pair",
+__all__ = ["DataError", "read_records", "image_problem", "load_llava_json", "load_captions", "drop_too_long",
+           "record_to_example", "caption_pair",
            "sequence_length", "DataReport"]

@@ -4,8 +4,8 @@ loads, so that a wrong path fails in a second with the key that holds it, not mi
     check_inputs(recipe)      # RecipeError naming the recipe file, the key and the path
 
 Checked: `data.path` (a JSON(L) file; for ScienceQA a folder with `problems.json` and `pid_splits.json`),
-`data.eval_path`, `data.image_folder`, `model.checkpoint` / `model.vision_tower` / `model.language_model` (a local folder with a
-`config.json`, or a Hub id: in the local cache when offline, on the Hub otherwise) and
+`data.eval_path`, `data.image_folder`, `model.checkpoint` / `model.vision_tower` / `model.language_model` (a local
+folder with a `config.json`, or a Hub id: in the local cache when offline, on the Hub otherwise) and
 `training.resume_from_checkpoint`.
 """
 

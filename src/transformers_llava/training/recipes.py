@@ -11,9 +11,9 @@ below. `training` is `SFTConfig`, parsed by TRL's `TrlParser` (`arguments.py`), 
 our message adds the file and the key. Four keys of `training` are LLaVA's (`LlavaTrainingArguments`):
 `global_batch_size` (gradient accumulation is worked out from it at launch), `projector_lr`, `padding_free` (our
 packed collator: TRL's own refuses image data) and `group_by_modality_length`. `check_recipe` refuses what the
-libraries accept but cannot train; `inputs.check_inputs` the files that are not there. `--override` values are parsed as YAML
-(`training.learning_rate=1e-4`, `data.streaming=true`, `model.checkpoint=null`). The YAML loader refuses a key given
-twice in one mapping, naming it and both lines.
+libraries accept but cannot train; `inputs.check_inputs` the files that are not there. `--override` values are
+parsed as YAML (`training.learning_rate=1e-4`, `data.streaming=true`, `model.checkpoint=null`). The YAML loader
+refuses a key given twice in one mapping, naming it and both lines.
 """
 
 import dataclasses

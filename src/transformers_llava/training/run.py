@@ -131,7 +131,8 @@ def stage_record(recipe: Recipe, data_summary: dict) -> dict:
     """This stage's entry in the checkpoint's training record (the model card reads it)."""
     t, llava = recipe.training, recipe.llava
     hyperparameters = {
-        "learning_rate": t.learning_rate, "projector_lr": llava.projector_lr, "global_batch_size": recipe.global_batch_size,
+        "learning_rate": t.learning_rate, "projector_lr": llava.projector_lr,
+        "global_batch_size": recipe.global_batch_size,
         "per_device_batch_size": t.per_device_train_batch_size, "processes": recipe.num_processes,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "epochs": t.num_train_epochs if t.max_steps <= 0 else None,
@@ -184,7 +185,8 @@ def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict,
     if args.world_size != recipe.num_processes:
         raise RuntimeError(
             f"{recipe.source}: the recipe was resolved for {recipe.num_processes} process(es) but the Trainer runs on "
-            f"{args.world_size}: the global batch would be {recipe.global_batch_size // recipe.num_processes * args.world_size}, "
+            f"{args.world_size}: the global batch would be "
+            f"{recipe.global_batch_size // recipe.num_processes * args.world_size}, "
             f"not {recipe.global_batch_size}.")
     return make_trainer(model, processor, dataset, args, stage=recipe.stage, chat_template=recipe.data.chat_template,
                         projector_lr=recipe.llava.projector_lr, padding_free=recipe.llava.padding_free,
@@ -244,5 +246,5 @@ def run_recipe(recipe: Recipe, allow_data_change: bool = False) -> RunResult:
                      claim.checkpoint)
 
 
-__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "load_eval_data", "build_trainer", "finish", "resume_point", "record_stage",
-           "stage_record", "RunResult"]
+__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "load_eval_data", "build_trainer",
+           "finish", "resume_point", "record_stage", "stage_record", "RunResult"]
