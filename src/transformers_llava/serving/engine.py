@@ -374,14 +374,15 @@ class LlavaEngine:
         return plain, images
 
     def encode(self, messages) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(prompt ids [L] with every image expanded to its tokens, pixel values [N_img, 3, H, W] or None)."""
+        """(prompt ids [L] with every image expanded to its tokens, pixel values [N_img, 3, H, W] or None), through
+        `processor.encode_conversation`, the package's one path from a conversation to ids."""
         plain, images = self._validated(messages)
         try:
-            prompt = self.processor.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+            encoded = self.processor.encode_conversation(plain, add_generation_prompt=True)
         except TemplateError as err:
             raise RequestError(f"the conversation does not fit the chat template: {err}", "messages",
                                "invalid_conversation") from err
-        placed = prompt.count(self.processor.image_token)
+        placed = encoded.text.count(self.processor.image_token)
         if placed != len(images):
             more = placed > len(images)
             raise RequestError(
@@ -389,14 +390,15 @@ class LlavaEngine:
                 "placeholder(s)" + ("; the text itself contains the placeholder" if more else
                                     " (it drops images it cannot place, e.g. outside user turns)"),
                 "messages", "image_placeholder_mismatch" if more else "too_many_images")
-        encoded = self.processor(text=[prompt], images=images or None, return_tensors="pt")
-        ids = encoded["input_ids"][0]
+        ids = torch.from_numpy(encoded.input_ids)
         if len(ids) >= self.context_length:
             raise RequestError(
                 f"the prompt is {len(ids)} tokens ({len(images)} image(s) of {self.processor.tokens_per_image} tokens "
                 f"each) but the model's context is {self.context_length} tokens", "messages",
                 "context_length_exceeded")
-        return ids, encoded.get("pixel_values")
+        if not images:
+            return ids, None
+        return ids, self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
     # -- requests
     def submit(self, messages, *, temperature: float = 0.2, top_p: float = 0.7, max_new_tokens: int | None = 512,
