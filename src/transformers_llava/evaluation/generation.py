@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .jsonl_store import JsonlStore
+from .shared_prefix import generate_shared
 
 REASONING_STOP = "###"
 ANSWER_PROMPT = " ###\nANSWER:"
@@ -84,6 +85,10 @@ def cut_at(text: str, stops: list[str]) -> str:
     return text.strip()
 
 
+def sampling_settings(temperature: float) -> dict:
+    return {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+
+
 @torch.inference_mode()
 def generate(model, processor, prompts: list[str], images: list, max_new_tokens: int, temperature: float,
              stops: list[str]) -> list[str]:
@@ -91,32 +96,85 @@ def generate(model, processor, prompts: list[str], images: list, max_new_tokens:
     inputs = processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(model.device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, stop_strings=stops or None,
-                            tokenizer=processor.tokenizer, **sampling)
+                            tokenizer=processor.tokenizer, **sampling_settings(temperature))
     texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return [cut_at(text, stops) for text in texts]
+
+
+def generate_grouped(model, processor, prompts: list[str], images: list, max_new_tokens: int, temperature: float,
+                     stops: list[str]) -> list[str]:
+    """Like `generate` (`images`: one image or None per prompt), with each run of prompts about the same image
+    prefilled together: the image is encoded once and the shared prefix's keys/values computed once
+    (`shared_prefix.generate_shared`)."""
+    groups, firsts = [], []
+    for index, image in enumerate(images):
+        if not firsts or image is not images[firsts[-1]]:
+            firsts.append(index)
+        groups.append(len(firsts) - 1)
+    present = [image for image in images if image is not None]
+    encoded = processor(text=prompts, images=present or None)  # lists of ids, images expanded; one pixel array each
+    pixels = iter(encoded.get("pixel_values", []))
+    per_prompt = [torch.as_tensor(next(pixels)) if image is not None else None for image in images]
+    output, width = generate_shared(
+        model, processor, encoded["input_ids"], groups, [per_prompt[first] for first in firsts],
+        max_new_tokens=max_new_tokens, stop_strings=stops or None, tokenizer=processor.tokenizer,
+        **sampling_settings(temperature))
+    texts = processor.batch_decode(output[:, width:], skip_special_tokens=True)
+    return [cut_at(text, stops) for text in texts]
+
+
+def batches(questions: list[dict], batch_size: int) -> list[list[dict]]:
+    """Consecutive questions, at most `batch_size` per batch, never splitting a run of questions about the same
+    image (or of text-only ones) unless the run alone is longer than a batch."""
+    runs = []
+    for question in questions:
+        if runs and runs[-1][-1].get("image") == question.get("image") and len(runs[-1]) < batch_size:
+            runs[-1].append(question)
+        else:
+            runs.append([question])
+    out = []
+    for run in runs:
+        if out and len(out[-1]) + len(run) <= batch_size:
+            out[-1] += run
+        else:
+            out.append(list(run))
+    return out
 
 
 def answer_questions(model, processor, questions: list[dict], image_folder: str | Path | None,
                      answers_path: str | Path, batch_size: int = 8, max_new_tokens: int = 1024,
                      temperature: float = 0.0, answer_prompter: bool = False, model_id: str = "",
-                     progress: bool = True) -> int:
-    """Answer every question not yet in `answers_path`; returns how many were answered now."""
+                     progress: bool = True, share_prefix: bool = True) -> int:
+    """Answer every question not yet in `answers_path`; returns how many were answered now.
+
+    With `share_prefix` (default), questions about the same image in a batch share its encoding and the keys and
+    values of their common prefix; `share_prefix=False, batch_size=1` is the original one-question-at-a-time loop.
+    The greedy answers are the same either way."""
     store = JsonlStore(answers_path, key="question_id")
     done = store.load()
     todo = [q for q in questions if str(q["question_id"]) not in done]
     stops = list(getattr(model.generation_config, "stop_strings", None) or [])
     first_stops = stops + [REASONING_STOP] * (answer_prompter and REASONING_STOP not in stops)
     with store.appender() as append, tqdm(total=len(todo), desc="answering", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start: start + batch_size]
+        for batch in batches(todo, batch_size):
             prompts = [render_prompt(processor, q["text"], bool(q.get("image"))) for q in batch]
-            images = [load_image(image_folder, q["image"], q["question_id"]) for q in batch if q.get("image")]
-            texts = generate(model, processor, prompts, images, max_new_tokens, temperature, first_stops)
+            loaded = {}  # one image object per file in a batch: its questions are grouped by it
+            for q in batch:
+                if q.get("image") and q["image"] not in loaded:
+                    loaded[q["image"]] = load_image(image_folder, q["image"], q["question_id"])
+            images = [loaded.get(q.get("image")) for q in batch]
+
+            def run(texts: list[str], new_tokens: int) -> list[str]:
+                if share_prefix:
+                    return generate_grouped(model, processor, texts, images, new_tokens, temperature, first_stops)
+                present = [image for image in images if image is not None]
+                return generate(model, processor, texts, present, new_tokens, temperature, first_stops)
+
+            texts = run(prompts, max_new_tokens)
             if answer_prompter:
                 follow = [f"{prompt} {text}{ANSWER_PROMPT}" for prompt, text in zip(prompts, texts)]
-                answers = generate(model, processor, follow, images, ANSWER_MAX_NEW_TOKENS, temperature, first_stops)
+                answers = run(follow, ANSWER_MAX_NEW_TOKENS)
                 texts = [f"{text}\n The answer is {answer}" for text, answer in zip(texts, answers)]
             for question, text in zip(batch, texts):
                 append({"question_id": question["question_id"], "prompt": question["text"], "text": text,
