@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import slice_logits_to_keep
 
 from .configuration_llava import MODEL_TYPE, TransformersLlavaConfig, projector_depth
 
@@ -305,12 +306,10 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        loss_only: bool = False,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
-        """`loss_only=True` (training) evaluates the LM head only at positions whose next token is supervised and
-        returns the loss without logits: image, prompt and padding positions never reach the vocabulary matmul."""
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None) if loss_only else None
+        """`logits_to_keep`: as in transformers (`slice_logits_to_keep`); a boolean `[B, L]` mask gives logits
+        `[N_kept, V]` at those positions only (training's loss, see `training/trainer.py`)."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -323,21 +322,7 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
             mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state  # [B, L, D_llm]
-        if loss_only:
-            if labels is None:
-                raise ValueError("loss_only=True needs labels.")
-            targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
-            keep = targets != -100
-            logits = self.lm_head(hidden[:, :-1][keep]).float()  # [N_supervised, V]
-            denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
-            loss = nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / denominator
-            return LlavaCausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values,
-                                               image_hidden_states=outputs.image_hidden_states)
-        if isinstance(logits_to_keep, int):
-            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        else:
-            hidden = hidden[:, logits_to_keep]
+        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # [B, L', D_llm] or [N_kept, D_llm]
         logits = self.lm_head(hidden)  # [B, L', V]
         loss = None
         if labels is not None:

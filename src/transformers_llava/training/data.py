@@ -161,9 +161,7 @@ def load_captions(path, image_folder=None, *, seed: int = 0, streaming: bool = F
 
 def sequence_length(messages: list[dict], n_images: int, processor) -> int:
     """Tokens a sample occupies once its images are expanded (BOS included), without decoding any image."""
-    text = processor.apply_chat_template(messages)
-    text_tokens = len(processor.tokenizer(text, add_special_tokens=True)["input_ids"])
-    return text_tokens + n_images * (processor.tokens_per_image - 1)
+    return len(processor.encode_conversation(messages, [None] * n_images).input_ids)
 
 
 def drop_too_long(dataset, processor, max_length: int, *, on_too_long: Literal["drop", "fail"] = "drop"):
