@@ -87,6 +87,7 @@ class TimedCollator:
 @dataclass
 class StepTimer(TrainerCallback):
     model: torch.nn.Module
+    synchronize: bool = False  # on a GPU: wait for the device at every mark, so phases hold their own kernels
     steps: list[dict] = field(default_factory=list)
     batches: list[BatchStats] = field(default_factory=list)
     current: dict = field(default_factory=dict)
@@ -99,6 +100,8 @@ class StepTimer(TrainerCallback):
         base.language_model.register_forward_hook(self._llm_end)
 
     def mark(self, event: str) -> None:
+        if self.synchronize and event not in self.current:
+            torch.cuda.synchronize()
         self.current.setdefault(event, time.perf_counter())
 
     def _llm_start(self, module, args, kwargs):
@@ -115,7 +118,8 @@ class StepTimer(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         previous = self.steps[-1]["step_end"] if self.steps else self.started
-        self.current = {"previous_step_end": previous, "step_begin": time.perf_counter()}
+        self.current = {"previous_step_end": previous}
+        self.mark("step_begin")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
