@@ -191,8 +191,8 @@ def seven_b_table(results: dict) -> list[str]:
     train = by_key(results["records"], "train_7b", "dtype", "stage", "stack")
     peak = peaks(results["records"])
     lines = ["| stage | dtype | stack | samples/s | useful tokens/s | padded tokens | / built-in (samples/s) | "
-             "peak memory (MB) | useful FLOP/s (share of matmul peak) | max loss diff vs built-in |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "/ built-in (CPU time) | peak memory (MB) | useful FLOP/s (share of matmul peak) | "
+             "max loss diff vs built-in |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for stage, dtype in results["settings"]["seven_b"]["cells"]:
         reference = train[(dtype, stage, "builtin")]
         base = [r["samples"] / r["seconds"] for r in reference]
@@ -204,7 +204,8 @@ def seven_b_table(results: dict) -> list[str]:
             lines.append(
                 f"| {stage} | {dtype} | {LEVERS[stack]} | {spread(speed)} | "
                 f"{spread([r['useful_tokens'] / r['seconds'] for r in runs])} | {runs[0]['padded_tokens']:,} | "
-                f"{ratios(speed, base)} | {spread([r['peak_mb'] for r in runs])} | {flops / 1e9:.3g} G "
+                f"{ratios(speed, base)} | {cpu_ratio(runs, reference)} | {spread([r['peak_mb'] for r in runs])} | "
+                f"{flops / 1e9:.3g} G "
                 f"({100 * flops / peak[dtype]:.0f} %) | {diff:.2g} |")
     curves = {stack: runs[0]["losses"] for (stack,), runs in by_key(results["records"], "loss_curve_7b", "stack").items()}
     if curves:
@@ -229,6 +230,7 @@ def eval_table(results: dict) -> list[str]:
             "| | one at a time (the original loop) | batched, image + prefix shared | ratio |", "|---|---|---|---|",
             f"| questions/s | {spread(speed['one'])} | {spread(speed['shared'])} | "
             f"{ratios(speed['shared'], speed['one'])} |",
+            f"| questions per CPU second | | | {cpu_ratio(shared, one)} |",
             f"| images encoded | {one[0]['images_encoded']} | {shared[0]['images_encoded']} | |",
             f"| answer tokens | {one[0]['answer_tokens']} | {shared[0]['answer_tokens']} | |",
             f"| identical greedy answers | | {identical} | |"]
@@ -244,8 +246,8 @@ def serve_table(results: dict) -> list[str]:
     settings = results["settings"]["serve"]
     lines = [f"Requests: one LLaVA-Bench question with its (synthetic) image each, greedy, at most "
              f"{settings['new_tokens']} tokens, {settings['dtype']}; each client sends its requests one after another.",
-             "", "| clients | requests/s, batch 1 | requests/s, batched | ratio | p50 / p95 latency (s), batch 1 | "
-             "p50 / p95 latency (s), batched | identical outputs |", "|---|---|---|---|---|---|---|"]
+             "", "| clients | requests/s, batch 1 | requests/s, batched | ratio | ratio (CPU time) | p50 / p95 latency "
+             "(s), batch 1 | p50 / p95 latency (s), batched | identical outputs |", "|---|---|---|---|---|---|---|---|"]
     for clients in settings["clients"]:
         one, batched = runs[(clients, 1)], runs[(clients, settings["max_batch"])]
         speed = {name: [r["requests"] / r["seconds"] for r in rs] for name, rs in (("one", one), ("batched", batched))}
@@ -253,10 +255,18 @@ def serve_table(results: dict) -> list[str]:
         same = [a == b for r, t in zip(batched, one) for a, b in zip(r["texts"], t["texts"])]
         identical = "yes" if all(same) else f"no ({sum(same)} of {len(same)} equal)"
         lines.append(f"| {clients} | {spread(speed['one'])} | {spread(speed['batched'])} | "
-                     f"{ratios(speed['batched'], speed['one'])} | "
+                     f"{ratios(speed['batched'], speed['one'])} | {cpu_ratio(batched, one)} | "
                      + " | ".join(f"{percentile(latency[n], 0.5):.2f} / {percentile(latency[n], 0.95):.2f}"
                                   for n in ("one", "batched")) + f" | {identical} |")
     return lines
+
+
+def cpu_ratio(ours: list[dict], theirs: list[dict]) -> str:
+    """Work per second by CPU time (baseline CPU seconds / ours, per unit of work), where both sides recorded it."""
+    if not all("cpu_seconds" in r for r in ours + theirs):
+        return ""
+    unit = next(k for k in ("samples", "questions", "requests") if k in ours[0])
+    return ratios([r[unit] / r["cpu_seconds"] for r in ours], [r[unit] / r["cpu_seconds"] for r in theirs])
 
 
 def headline(results: dict) -> list[str]:
@@ -270,7 +280,8 @@ def headline(results: dict) -> list[str]:
         speed = [[r["samples"] / r["seconds"] for r in rs] for rs in (ours, theirs)]
         diff = max(abs(a - b) for run, ref in zip(ours, theirs) for a, b in zip(run["losses"], ref["losses"]))
         rows.append(f"| 7B proportions: stage-2 training, {dtype}, samples/s | {spread(speed[0])} | "
-                    f"{spread(speed[1])} (built-in + TRL) | **{ratios(*speed)}** | losses equal to {diff:.1g} |")
+                    f"{spread(speed[1])} (built-in + TRL) | **{ratios(*speed)}** | {cpu_ratio(ours, theirs)} | "
+                    f"losses equal to {diff:.1g} |")
     runs = by_key(records, "evaluate", "method")
     if runs:
         speed = [[r["questions"] / r["seconds"] for r in runs[(m,)]] for m in ("shared", "one_at_a_time")]
@@ -278,6 +289,7 @@ def headline(results: dict) -> list[str]:
                    for a, b in zip(r["answers"], t["answers"]))
         rows.append(f"| evaluation throughput: LLaVA-Bench-shaped, questions/s | {spread(speed[0])} | "
                     f"{spread(speed[1])} (one at a time) | **{ratios(*speed)}** | "
+                    f"{cpu_ratio(runs[('shared',)], runs[('one_at_a_time',)])} | "
                     f"{'identical' if same else 'NOT identical'} greedy answers |")
     runs = by_key(records, "serve", "clients", "max_batch")
     if runs:
@@ -286,15 +298,18 @@ def headline(results: dict) -> list[str]:
         same = all(a == b for r, t in zip(runs[(clients, batch)], runs[(clients, 1)]) for a, b in zip(r["texts"], t["texts"]))
         rows.append(f"| server throughput: {clients} concurrent clients, requests/s | {spread(speed[0])} | "
                     f"{spread(speed[1])} (engine batch 1) | **{ratios(*speed)}** | "
+                    f"{cpu_ratio(runs[(clients, batch)], runs[(clients, 1)])} | "
                     f"{'identical' if same else 'NOT identical'} greedy outputs |")
     train = by_key(records, "train", "dtype", "stage", "stack")
     if ("fp32", "stage2", "ours") in train:
         speed = [[r["samples"] / r["seconds"] for r in train[("fp32", "stage2", s)]] for s in ("ours", "builtin")]
         rows.append(f"| mini workload (32k-vocabulary head): stage-2 training, fp32, samples/s | {spread(speed[0])} | "
-                    f"{spread(speed[1])} (built-in + TRL) | {ratios(*speed)} | |")
+                    f"{spread(speed[1])} (built-in + TRL) | {ratios(*speed)} | "
+                    f"{cpu_ratio(train[('fp32', 'stage2', 'ours')], train[('fp32', 'stage2', 'builtin')])} | |")
     if not rows:
         return []
-    return ["| | ours | baseline | ratio | results |", "|---|---|---|---|---|", *rows]
+    return ["| | ours | baseline | ratio (wall time) | ratio (CPU time) | results |", "|---|---|---|---|---|---|",
+            *rows]
 
 
 def workload_line(name: str, prepared: dict, batch_size: int | None = None) -> str:

@@ -73,11 +73,12 @@ def train(root, *, stack: str, stage: str, dtype: str, batch_size: int, steps: i
 
     measured = timer.batches[warmup:warmup + steps]
     seconds = float(np.sum(timer.step_seconds()[warmup:]))
+    cpu_seconds = float(np.sum(timer.step_cpu_seconds()[warmup:]))
     shape = ModelShape.of(trainer.model)
     flops = sum(step_flops(shape, stage, b.lengths, b.supervised, b.images) for b in measured)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
-        "seconds": seconds, "samples": sum(len(b.lengths) for b in measured),
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "samples": sum(len(b.lengths) for b in measured),
         "useful_tokens": sum(sum(b.lengths) for b in measured), "padded_tokens": sum(b.padded_tokens for b in measured),
         "supervised_tokens": sum(b.supervised for b in measured), "flops": flops,
         "losses": losses, "step_seconds": timer.step_seconds(),
@@ -225,13 +226,14 @@ def evaluate(root, *, method: str, dtype: str, images: int, per_image: int, new_
     answer_questions(model, processor, questions[:1], folder, folder / "warmup.jsonl", **settings)
     encoded.clear()
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     answer_questions(model, processor, questions, folder, folder / "answers.jsonl", **settings)
     synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     answers = {row["question_id"]: row["text"] for row in map(json.loads, (folder / "answers.jsonl").open())}
     tokens = sum(len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in answers.values())
-    return {"seconds": seconds, "questions": len(questions), "answers": [answers[q["question_id"]] for q in questions],
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "questions": len(questions),
+            "answers": [answers[q["question_id"]] for q in questions],
             "answer_tokens": tokens, "images_encoded": sum(encoded), "peak_mb": peak_mb(device)}
 
 
@@ -277,17 +279,18 @@ def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int,
     with httpx.Client() as http:
         http.post(url, json=bodies[0], timeout=600).raise_for_status()  # warm-up
         threads = [threading.Thread(target=client, args=(i, http)) for i in range(clients)]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     server.should_exit = True
     thread.join(timeout=10)
     if any(text is None for text in texts):
         raise RuntimeError(f"{sum(t is None for t in texts)} of {len(texts)} requests got no answer")
-    return {"seconds": seconds, "requests": len(bodies), "latencies": latencies, "texts": texts}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "requests": len(bodies), "latencies": latencies,
+            "texts": texts}
 
 
 def prepare_workload(*, name: str, cache: str) -> dict:
