@@ -6,7 +6,10 @@
 
 `questions` are `{question_id, text, image}` (image: a path under the image folder, or None for text-only). Each
 prompt is the checkpoint's own chat template applied to one user turn whose image (if any) comes first, as in the
-training data; the tokenizer pads on the left so a batch can be generated at once. An answer line is
+training data; the tokenizer pads on the left so a batch can be generated at once. A batch never splits a run of
+consecutive questions about the same image unless the run is longer than the batch, and such a run shares its
+image's encoding and its prompt prefix's keys and values (`shared_prefix.py`): LLaVA-Bench asks three questions of
+each image. The greedy answers are those of the one-question-at-a-time loop (`--batch-size 1 --no-share-prefix`). An answer line is
 `{question_id, prompt, text, answer_id, model_id, metadata}` like the original's. Questions already in the answers
 file are skipped, so a re-run after a crash or a kill continues where it stopped and never writes one twice.
 
@@ -51,6 +54,9 @@ def add_generation_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the original sampled at 0.7)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--limit", type=int, help="answer only the first N questions (a smoke run)")
+    parser.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
+                        help="do not share an image's encoding and prompt prefix between the questions about it "
+                             "(with --batch-size 1: the original one-question-at-a-time loop)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -58,7 +64,8 @@ def answer_from_args(args, questions: list[dict], answer_prompter: bool = False)
     """An `answer` command: load `args.model`, answer what `args.answers` does not hold yet, say how many."""
     model, processor = load_model(args.model, args.dtype)
     new = answer_questions(model, processor, questions, args.image_folder, args.answers, args.batch_size,
-                           args.max_new_tokens, args.temperature, answer_prompter, str(args.model), args.progress)
+                           args.max_new_tokens, args.temperature, answer_prompter, str(args.model), args.progress,
+                           args.share_prefix)
     print(f"{new} new answers ({len(questions) - new} already there) -> {args.answers}")
     return 0
 
