@@ -9,8 +9,8 @@ from PIL import Image
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from conftest import reference_path
-from transformers_llava.data_generation.prompts import load_instructions
-from transformers_llava.data_generation.stage1 import to_stage1_sample
+from transformers_llava.formats.instructions import load_instructions
+from transformers_llava.formats.stage1 import to_stage1_sample
 from transformers_llava.training.data import (
     caption_pair,
     drop_too_long,

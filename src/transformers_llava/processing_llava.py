@@ -17,9 +17,16 @@ from transformers.utils.chat_template_utils import render_jinja_template
 
 IGNORE_INDEX = -100  # label of a token that carries no loss
 
-# Loaders for processors of other checkpoint layouts (the original LLaVA releases, llava-hf); see
-# `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`. Each takes `(cls, path, **kwargs)` and returns a processor or None.
-FOREIGN_PROCESSOR_LOADERS: list = []
+
+
+def package_checkpoints():
+    """`transformers_llava.checkpoints` (loaders of the original LLaVA releases and llava-hf), or None where this file
+    runs as a checkpoint's remote code on a machine without the package."""
+    try:
+        import transformers_llava.checkpoints as checkpoints
+    except ImportError:
+        return None
+    return checkpoints
 
 
 @dataclass
@@ -98,12 +105,12 @@ class TransformersLlavaProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a processor saved by this package, or of any layout a registered foreign-format loader recognises."""
-        for loader in FOREIGN_PROCESSOR_LOADERS:
-            processor = loader(cls, pretrained_model_name_or_path, **kwargs)
-            if processor is not None:
-                return processor
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        """Load a processor saved by this package, or of an original LLaVA release or llava-hf checkpoint
+        (`checkpoints.loaders.load_foreign_processor`)."""
+        checkpoints = package_checkpoints()
+        processor = checkpoints.load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs) \
+            if checkpoints is not None else None
+        return processor if processor is not None else super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Tokens one processed image of `height x width` pixels becomes in the text."""

@@ -19,7 +19,7 @@ from typing import Literal
 
 import datasets
 
-from ..data_generation.stage1 import to_stage1_sample
+from ..formats.stage1 import caption_pair, to_stage1_sample
 
 IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -97,12 +97,6 @@ def record_to_example(record: dict, image_folder: str | None = None) -> dict:
     problem = check_record(record, images)
     messages = [] if problem else to_messages(record["conversations"], len(images))
     return {"id": str(record.get("id", "")), "messages": messages, "images": images, "problem": problem}
-
-
-def caption_pair(record: dict) -> dict:
-    """A stage-1 record (`{id, image, caption}`, or CC3M's `blip_caption`) in the form `to_stage1_sample` takes."""
-    caption = record.get("caption") or record.get("blip_caption") or ""
-    return {"id": str(record.get("id")), "image": record.get("image"), "caption": caption.strip()}
 
 
 def _finish(dataset, on_invalid: OnInvalid, source: str):
