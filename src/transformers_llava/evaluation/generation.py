@@ -5,8 +5,9 @@
     answer_questions(model, processor, questions, "images/", "answers.jsonl", batch_size=8)
 
 `questions` are `{question_id, text, image}` (image: a path under the image folder, or None for text-only). Each
-prompt is the checkpoint's own chat template applied to one user turn whose image (if any) comes first, as in the
-training data; the tokenizer pads on the left so a batch can be generated at once. A batch never splits a run of
+prompt is one user turn whose image (if any) comes first, as in the training data, encoded by the checkpoint's
+processor (`processor.encode_conversation`, the package's one path from a conversation to ids) and padded on the
+left so that a batch is generated at once. A batch never splits a run of
 consecutive questions about the same image unless the run is longer than the batch, and such a run shares its
 image's encoding and its prompt prefix's keys and values (`shared_prefix.py`): LLaVA-Bench asks three questions of
 each image. The greedy answers are those of the one-question-at-a-time loop (`--batch-size 1 --no-share-prefix`). An answer line is
@@ -14,8 +15,9 @@ each image. The greedy answers are those of the one-question-at-a-time loop (`--
 file are skipped, so a re-run after a crash or a kill continues where it stopped and never writes one twice.
 
 With `answer_prompter` (the original's `--answer-prompter`, used for the paper's ScienceQA numbers), the first
-generation is the reasoning, cut at "###"; the prompt is then continued with that reasoning and " ###\\nANSWER:"
-and the short second generation is the answer; the stored text is `reasoning + "\\n The answer is " + answer`.
+generation is the reasoning, cut at "###"; the prompt is then continued with " " + that reasoning + " ###\\nANSWER:"
+(tokenised after the prompt's ids) and the short second generation is the answer; the stored text is
+`reasoning + "\\n The answer is " + answer`.
 """
 
 import uuid
@@ -70,10 +72,22 @@ def answer_from_args(args, questions: list[dict], answer_prompter: bool = False)
     return 0
 
 
-def render_prompt(processor, text: str, has_image: bool) -> str:
-    """One user turn (image first, then the text) in the checkpoint's chat template, generation prompt open."""
-    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": text}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+def question_messages(question: dict) -> list[dict]:
+    """One user turn: the question's image (if any) first, then its text, as in the training data."""
+    content = ([{"type": "image"}] if question.get("image") else []) + [{"type": "text", "text": question["text"]}]
+    return [{"role": "user", "content": content}]
+
+
+def encode_questions(processor, questions: list[dict]) -> list[list[int]]:
+    """Each question's ids (images expanded) in the checkpoint's chat template, generation prompt open, through
+    `processor.encode_conversation`."""
+    return [processor.encode_conversation(question_messages(q), add_generation_prompt=True).input_ids.tolist()
+            for q in questions]
+
+
+def continued(processor, ids: list[list[int]], texts: list[str]) -> list[list[int]]:
+    """Prompts continued with raw text (the answer prompter's second step): each text tokenised after its prompt."""
+    return [row + processor.tokenizer(text, add_special_tokens=False)["input_ids"] for row, text in zip(ids, texts)]
 
 
 def load_image(image_folder: str | Path, name: str, question_id) -> Image.Image:
@@ -97,19 +111,25 @@ def sampling_settings(temperature: float) -> dict:
 
 
 @torch.inference_mode()
-def generate(model, processor, prompts: list[str], images: list, max_new_tokens: int, temperature: float,
+def generate(model, processor, ids: list[list[int]], images: list, max_new_tokens: int, temperature: float,
              stops: list[str]) -> list[str]:
-    """Continuations of a batch of rendered prompts (images: the images of the prompts that have one, in order)."""
-    inputs = processor(text=prompts, images=images or None, padding=True, return_tensors="pt").to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, stop_strings=stops or None,
-                            tokenizer=processor.tokenizer, **sampling_settings(temperature))
-    texts = processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    """Continuations of a batch of prompts (`ids`, left-padded here; `images`: the images of the prompts that have
+    one, in order)."""
+    width = max(len(row) for row in ids)
+    pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=model.device)
+    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=model.device)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if images:
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        inputs["pixel_values"] = pixels.to(model.device, model.dtype)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, stop_strings=stops or None, tokenizer=processor.tokenizer,
+                            **sampling_settings(temperature))
+    texts = processor.batch_decode(output[:, width:], skip_special_tokens=True)
     return [cut_at(text, stops) for text in texts]
 
 
-def generate_grouped(model, processor, prompts: list[str], images: list, max_new_tokens: int, temperature: float,
+def generate_grouped(model, processor, ids: list[list[int]], images: list, max_new_tokens: int, temperature: float,
                      stops: list[str]) -> list[str]:
     """Like `generate` (`images`: one image or None per prompt), with each run of prompts about the same image
     prefilled together: the image is encoded once and the shared prefix's keys/values computed once
@@ -119,14 +139,12 @@ def generate_grouped(model, processor, prompts: list[str], images: list, max_new
         if not firsts or image is not images[firsts[-1]]:
             firsts.append(index)
         groups.append(len(firsts) - 1)
-    present = [image for image in images if image is not None]
-    encoded = processor(text=prompts, images=present or None)  # lists of ids, images expanded; one pixel array each
-    pixels = iter(encoded.get("pixel_values", []))
-    per_prompt = [torch.as_tensor(next(pixels)) if image is not None else None for image in images]
+    present = [images[first] for first in firsts if images[first] is not None]
+    pixels = iter(processor.image_processor(present, return_tensors="pt")["pixel_values"] if present else [])
+    group_pixels = [next(pixels) if images[first] is not None else None for first in firsts]
     output, width = generate_shared(
-        model, processor, encoded["input_ids"], groups, [per_prompt[first] for first in firsts],
-        max_new_tokens=max_new_tokens, stop_strings=stops or None, tokenizer=processor.tokenizer,
-        **sampling_settings(temperature))
+        model, processor, ids, groups, group_pixels, max_new_tokens=max_new_tokens, stop_strings=stops or None,
+        tokenizer=processor.tokenizer, **sampling_settings(temperature))
     texts = processor.batch_decode(output[:, width:], skip_special_tokens=True)
     return [cut_at(text, stops) for text in texts]
 
@@ -165,22 +183,22 @@ def answer_questions(model, processor, questions: list[dict], image_folder: str 
     first_stops = stops + [REASONING_STOP] * (answer_prompter and REASONING_STOP not in stops)
     with store.appender() as append, tqdm(total=len(todo), desc="answering", disable=not progress) as bar:
         for batch in batches(todo, batch_size):
-            prompts = [render_prompt(processor, q["text"], bool(q.get("image"))) for q in batch]
+            ids = encode_questions(processor, batch)
             loaded = {}  # one image object per file in a batch: its questions are grouped by it
             for q in batch:
                 if q.get("image") and q["image"] not in loaded:
                     loaded[q["image"]] = load_image(image_folder, q["image"], q["question_id"])
             images = [loaded.get(q.get("image")) for q in batch]
 
-            def run(texts: list[str], new_tokens: int) -> list[str]:
+            def run(prompts: list[list[int]], new_tokens: int) -> list[str]:
                 if share_prefix:
-                    return generate_grouped(model, processor, texts, images, new_tokens, temperature, first_stops)
+                    return generate_grouped(model, processor, prompts, images, new_tokens, temperature, first_stops)
                 present = [image for image in images if image is not None]
-                return generate(model, processor, texts, present, new_tokens, temperature, first_stops)
+                return generate(model, processor, prompts, present, new_tokens, temperature, first_stops)
 
-            texts = run(prompts, max_new_tokens)
+            texts = run(ids, max_new_tokens)
             if answer_prompter:
-                follow = [f"{prompt} {text}{ANSWER_PROMPT}" for prompt, text in zip(prompts, texts)]
+                follow = continued(processor, ids, [f" {text}{ANSWER_PROMPT}" for text in texts])
                 answers = run(follow, ANSWER_MAX_NEW_TOKENS)
                 texts = [f"{text}\n The answer is {answer}" for text, answer in zip(texts, answers)]
             for question, text in zip(batch, texts):
