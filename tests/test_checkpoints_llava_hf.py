@@ -19,7 +19,7 @@ from transformers import LlavaForConditionalGeneration as BuiltinLlava
 from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
 from transformers_llava.checkpoints import CheckpointError, detect_layout, save_llava_hf, save_ours
 from transformers_llava.checkpoints.llava_hf import EXTRA_KEY, to_llava_hf
-from transformers_llava.tiny import build_tiny_llava
+from transformers_llava.demo.tiny import build_tiny_llava
 
 VANILLA = textwrap.dedent("""
     import importlib.util, json, os, sys

@@ -8,8 +8,10 @@ This file is also shipped inside saved checkpoints as remote code, so it imports
 image processing file beside it.
 """
 
+import inspect
+
 from transformers.image_utils import make_flat_list_of_images
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ImagesKwargs, ProcessorMixin, TextKwargs
 
 # Loaders for processors of other checkpoint layouts (the original LLaVA releases, llava-hf); see
 # `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`. Each takes `(cls, path, **kwargs)` and returns a processor or None.
@@ -72,6 +74,18 @@ class TransformersLlavaProcessor(ProcessorMixin):
             kwargs.get("text_kwargs", {}).pop("add_special_tokens", None)
             kwargs["add_special_tokens"] = not starts.pop()
         return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """transformers' `apply_chat_template`; settings of the processor call given beside the template's arguments
+        (`padding=True` for a batch, `max_length`, `max_image_pixels`, ...) are passed on as `processor_kwargs`
+        without transformers' warning that they belong there."""
+        named = inspect.signature(ProcessorMixin.apply_chat_template).parameters
+        images_kwargs = getattr(self.image_processor, "valid_kwargs", ImagesKwargs)
+        call_settings = (set(TextKwargs.__annotations__) | set(images_kwargs.__annotations__)) - set(named)
+        moved = {key: kwargs.pop(key) for key in list(kwargs) if key in call_settings}
+        if moved:
+            kwargs["processor_kwargs"] = {**moved, **(kwargs.get("processor_kwargs") or {})}
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
