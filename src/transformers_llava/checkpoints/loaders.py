@@ -24,7 +24,7 @@ from ..chat_templates import STOP_STRINGS, load_chat_template
 from .delta import apply_delta, check_not_delta
 from .detect import Layout, detect_layout, is_foreign_config
 from .hub import hub_arguments, resolve_directory
-from .llava_hf import from_llava_hf, from_llava_hf_processor
+from .llava_hf import from_llava_hf, from_llava_hf_processor, our_generation_config
 from .lora_release import lora_release_weights, projector_release_weights
 from .original import convert_original, drop_stale_buffers, original_processor, release_tokenizer
 from .safe_load import CheckpointError, check_safetensors_size, read_weights, weight_files
@@ -109,11 +109,15 @@ def convert_layout(layout: Layout, options: dict, trust_remote_code: bool = Fals
         state = read_weights(weight_files(layout.path), options["allow_pickle"])
         config, state = from_llava_hf(layout.config, state, layout.path)
         has_generation = (layout.path / "generation_config.json").is_file()
-        return config, state, GenerationConfig.from_pretrained(layout.path) if has_generation else None
+        generation = GenerationConfig.from_pretrained(layout.path) if has_generation else None
+        return config, state, our_generation_config(generation, layout.config)
     weights = release_weights(layout, options["allow_pickle"], trust_remote_code)
     tokenizer = release_tokenizer(layout, trust_remote_code)
     config, state = convert_original(layout, weights, tokenizer, options["vision_tower"], trust_remote_code)
     format_name = options["conversation_format"] or release_conversation_format(layout.name, layout.config)
+    if "mm_vision_config" in layout.config and (layout.path / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(layout.path)  # written by original_writer.py
+        return config, state, our_generation_config(generation, layout.config)
     return config, state, release_generation_config(tokenizer, format_name)
 
 
@@ -142,7 +146,7 @@ def load_own_format(cls, path, options: dict, args: tuple, rest: dict):
 
 
 def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
-    """Registered in `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`: a model for foreign layouts (or for our own format
+    """Called by `LlavaForConditionalGeneration.from_pretrained`: a model for foreign layouts (or for our own format
     when its weights need our reader, see `load_own_format`), else None."""
     options, rest = split_options(kwargs)
     layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest))
@@ -158,7 +162,7 @@ def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
 
 
 def load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs):
-    """Registered in `processing_llava.FOREIGN_PROCESSOR_LOADERS`: a processor for foreign layouts, else None."""
+    """Called by `LlavaProcessor.from_pretrained`: a processor for foreign layouts, else None."""
     options, rest = split_options(kwargs)
     layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest), processor_only=True)
     if layout is None:  # this package's format; `allow_pickle` only concerns weights

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 
-from .conversations import IMAGE_POSITIONS
+from ..formats.llava_json import IMAGE_POSITIONS
 from .prompts import DATA_TYPES
 
 

@@ -24,10 +24,10 @@ from trl import SFTConfig
 
 from ..builder import build_llava
 from .synthetic import BACKGROUND, CHANCE, vocabulary, write_synthetic_task
-from ..data_generation.prompts import load_instructions
+from ..formats.instructions import load_instructions
 from .tiny import save_tiny_towers
 from ..training.data import load_captions, load_llava_json
-from ..training.model_card import STAGE_WHAT, provenance, set_provenance
+from ..checkpoints.model_card import STAGE_WHAT, provenance, set_provenance
 from ..training.trainer import make_trainer
 
 # How strongly the tiny tower's position embeddings are drawn. CLIP's initialisation (std 0.02) leaves a random tower
