@@ -30,10 +30,6 @@ from ..training.data import load_captions, load_llava_json
 from ..checkpoints.model_card import STAGE_WHAT, provenance, set_provenance
 from ..training.trainer import make_trainer
 
-# How strongly the tiny tower's position embeddings are drawn. CLIP's initialisation (std 0.02) leaves a random tower
-# almost blind to where a patch is, so "top or bottom?" depends on the luck of the seed; a pretrained tower knows.
-POSITION_STD = 1.0
-
 
 def sft_config(output_dir: Path, learning_rate: float, epochs: float, seed: int) -> SFTConfig:
     return SFTConfig(
@@ -127,17 +123,17 @@ def report(trained: dict, blind: dict, seconds: float) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="transformers-llava demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where data, models and results go")
-    parser.add_argument("--train", type=int, default=3000, help="training images")
+    parser.add_argument("--train", type=int, default=1500, help="training images")
     parser.add_argument("--test", type=int, default=200, help="held-out images")
-    parser.add_argument("--stage1-epochs", type=float, default=1.5, help="stage-1 epochs")
-    parser.add_argument("--epochs", type=float, default=2.5, help="stage-2 epochs")
+    parser.add_argument("--stage1-epochs", type=float, default=3, help="stage-1 epochs")
+    parser.add_argument("--epochs", type=float, default=5, help="stage-2 epochs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.time()
     # 32 px images in 16 px patches: 4 image tokens, one per quadrant of the picture.
     corpus = vocabulary() + list(load_instructions()["brief"])
     towers = save_tiny_towers(args.out / "towers", corpus, image_size=32, patch_size=16, vision_hidden=64,
-                              text_hidden=128, position_std=POSITION_STD, seed=args.seed)
+                              text_hidden=128, seed=args.seed)
     print("The towers are built locally with random weights: everything the model knows comes from this run.")
     results = {}
     for name, blank in (("llava", False), ("image_blind", True)):

@@ -67,15 +67,10 @@ def save_tiny_towers(
     text_hidden: int = 64,
     text_layers: int = 2,
     vocab_size: int = 1000,
-    position_std: float | None = None,
     seed: int = 0,
 ) -> tuple[Path, Path]:
     """Write `directory/vision` (tiny CLIP vision model + image processor) and `directory/text` (tiny Llama +
-    tokenizer); returns both paths.
-
-    `position_std` re-draws the tower's position embeddings with that standard deviation. CLIP's initialisation
-    (0.02) makes them a few percent of a patch's embedding, so a random tower barely records where a patch is; a
-    pretrained one does, and questions about position (top or bottom) need it."""
+    tokenizer); returns both paths."""
     torch.manual_seed(seed)
     root = Path(directory)
     vision_dir, text_dir = root / "vision", root / "text"
@@ -84,8 +79,6 @@ def save_tiny_towers(
         num_attention_heads=4,
         image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden,
     ))
-    if position_std is not None:
-        torch.nn.init.normal_(vision.embeddings.position_embedding.weight, std=position_std)
     vision.save_pretrained(vision_dir)
     CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
                           ).save_pretrained(vision_dir)
