@@ -69,6 +69,7 @@ def preprocessing_sizes(width: int, height: int, size=None, pad: bool = False) -
     shortest = _size_value(size, "shortest_edge") if size is not None else None
     if shortest:
         long = int(shortest * max(width, height) / min(width, height))
+        long = min(long, _size_value(size, "longest_edge") or long)  # a longest_edge bounds the resize too
         width, height = (long, shortest) if width >= height else (shortest, long)
         steps.append((f"resized to a shortest edge of {shortest}", width, height))
     return steps
