@@ -1,0 +1,591 @@
+"""The one chat engine every serving surface calls: conversation -> ids -> batched, streamed `generate`.
+
+    from transformers_llava.serving import LlavaEngine
+    engine = LlavaEngine.from_pretrained("runs/demo/llava/model")
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.open("photo.jpg")},
+                                             {"type": "text", "text": "What is unusual about this image?"}]}]
+    for delta in engine.stream(messages, temperature=0):   # the answer's text as it is generated
+        print(delta, end="", flush=True)
+    answer = engine.complete(messages, temperature=0)       # a str; .prompt_tokens, .completion_tokens, .finish_reason
+
+Messages are transformers chat-format dicts: roles system / user / assistant, content a string or a list of
+`{"type": "text", "text": ...}` and `{"type": "image", "image": PIL.Image}` parts. A conversation is rendered by the
+processor's chat template and encoded once, when it is submitted, so a bad one fails at once with a `RequestError`
+naming the message, the part and the numbers. `temperature=0` is greedy decoding.
+
+Requests from many threads are batched: a scheduler thread takes the first waiting request, collects those that
+arrive within `batch_window` seconds (up to `max_batch_size`), and runs each group sharing its sampling settings as
+one left-padded `generate` call (a sampled request with a `seed` runs alone, so its seed means what it says). Greedy
+rows answer in a batch what they answer alone (tests pin it). One streamer decodes every row's new tokens, cuts stop
+strings and ends each row at its own `max_new_tokens`, stop or cancellation; a StoppingCriteria tells `generate`
+which rows are finished. Closing a `stream()` generator (a client that went away) cancels its row.
+
+Multi-turn chats that keep their KV cache between turns (the CLI) run through `LlavaChat` with the same streamer:
+`chat = engine.chat()` then `engine.stream_turn(chat, text, images)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import copy
+import os
+import sys
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from jinja2.exceptions import TemplateError
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from ..chat import LlavaChat
+from ..chat_templates import FORMATS, STOP_STRINGS, load_chat_template
+from ..image_processing_llava import DEFAULT_MAX_IMAGE_PIXELS
+
+ROLES = ("system", "user", "assistant")
+
+
+class RequestError(ValueError):
+    """A request the engine cannot run, said in words a client can act on; `param` names the field at fault and
+    `code` is a short machine-readable reason (the server sends both in its 400 answer)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one answer is decoded. `temperature=0` is greedy; `stop` strings end the answer and are not part of it."""
+
+    temperature: float = 0.2
+    top_p: float = 0.7
+    max_new_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 100:
+            raise RequestError(f"temperature must be a number from 0 (greedy) to 100, got {self.temperature!r}",
+                               "temperature", "invalid_value")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise RequestError(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p", "invalid_value")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise RequestError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}",
+                               "max_tokens", "invalid_value")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise RequestError(f"stop must be non-empty strings, got {list(self.stop)!r}", "stop", "invalid_value")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": None}
+
+    def batch_key(self):
+        """Requests with equal keys can share one `generate` call."""
+        if self.greedy:
+            return ("greedy",)
+        return ("sample", self.temperature, self.top_p) if self.seed is None else ("seeded", object())
+
+
+class Completion(str):
+    """A finished answer: the text itself, plus `prompt_tokens`, `completion_tokens` and `finish_reason`
+    ("stop" or "length")."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class Generation:
+    """One answer being generated. Iterate it for text deltas (once); then `text`, `finish_reason`,
+    `prompt_tokens` and `completion_tokens` hold the outcome. `cancel()` stops it at the next token."""
+
+    def __init__(self, tokenizer, prompt_tokens: int, sampling: Sampling, stops: list[str], eos_ids: set[int]):
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, 0
+        self.sampling, self.finish_reason, self.text = sampling, None, ""
+        self.token_ids: list[int] = []
+        self._tokenizer, self._stops, self._eos_ids = tokenizer, stops, eos_ids
+        self._decoded, self._emitted = "", 0
+        self._events: queue.Queue = queue.Queue()
+        self._wake = None  # set by an asyncio consumer: called after each event
+        self._cancelled = threading.Event()
+
+    # -- the consumer's side
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            kind, value = self._events.get()
+            if kind == "delta":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
+    async def deltas(self):
+        """The text deltas for an asyncio consumer (no thread waits for them)."""
+        loop, ready = asyncio.get_running_loop(), asyncio.Event()
+        self._wake = lambda: loop.call_soon_threadsafe(ready.set)
+        while True:
+            try:
+                kind, value = self._events.get_nowait()
+            except queue.Empty:
+                await ready.wait()
+                ready.clear()
+                continue
+            if kind == "delta":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
+    def result(self) -> Completion:
+        """Wait for the whole answer."""
+        for _ in self:
+            pass
+        return self.completion()
+
+    def completion(self) -> Completion:
+        completion = Completion(self.text)
+        completion.prompt_tokens, completion.completion_tokens = self.prompt_tokens, self.completion_tokens
+        completion.finish_reason = self.finish_reason
+        return completion
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    # -- the generating thread's side
+    def push(self, token: int) -> None:
+        """One new token of this row."""
+        if self.finished:
+            return
+        if self.cancelled:
+            return self.finish("cancelled")
+        self.token_ids.append(token)
+        self.completion_tokens += 1
+        if token in self._eos_ids:
+            return self.finish("stop")
+        self._decoded = self._tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        cuts = [i for i in (self._decoded.find(stop) for stop in self._stops) if i >= 0]
+        if cuts:
+            self._decoded = self._decoded[: min(cuts)]
+            return self.finish("stop")
+        if self.completion_tokens >= self.sampling.max_new_tokens:
+            return self.finish("length")
+        self._emit(final=False)
+
+    def finish(self, reason: str) -> None:
+        if self.finished:
+            return
+        self._emit(final=True)
+        self.text, self.finish_reason = self._decoded.strip(), reason
+        self._put("end", None)
+
+    def fail(self, error: BaseException) -> None:
+        if not self.finished:
+            self.finish_reason = "error"
+            self._put("error", error)
+
+    def _put(self, kind: str, value) -> None:
+        self._events.put((kind, value))
+        if self._wake is not None:
+            try:
+                self._wake()
+            except RuntimeError:  # the consumer's event loop is gone
+                self.cancel()
+
+    def _emit(self, final: bool) -> None:
+        """Send the text that can no longer change: held back are leading and trailing whitespace (the answer is
+        stripped), a trailing half of a multi-byte character, and a tail that may be the start of a stop string."""
+        visible = self._decoded.lstrip()
+        end = len(visible.rstrip())
+        if not final:
+            end = len(visible[:end].rstrip("\ufffd"))
+            for stop in self._stops:
+                for k in range(min(len(stop) - 1, end), 0, -1):
+                    if visible[:end].endswith(stop[:k]):
+                        end -= k
+                        break
+        if end > self._emitted:
+            self._put("delta", visible[self._emitted: end])
+            self._emitted = end
+
+
+class RowStreamer(BaseStreamer):
+    """Hands each row of a `generate` call its new token (the first `put` is the prompt, skipped)."""
+
+    def __init__(self, rows: list[Generation]):
+        self.rows, self.prompt_seen = rows, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.reshape(-1).tolist()):
+            row.push(token)
+
+    def end(self) -> None:
+        pass
+
+
+class RowsFinished(StoppingCriteria):
+    """Rows whose answer ended (stop, own token limit) or whose client cancelled are finished for `generate`."""
+
+    def __init__(self, rows: list[Generation]):
+        self.rows = rows
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.tensor([row.finished or row.cancelled for row in self.rows], device=input_ids.device)
+
+
+@dataclass
+class _Request:
+    ids: torch.Tensor  # [L] prompt ids, images expanded
+    pixel_values: torch.Tensor | None  # [N_img, 3, H, W]
+    generation: Generation
+
+
+class LlavaEngine:
+    """A LLaVA model and its processor behind a request queue; see the module docstring."""
+
+    def __init__(self, model, processor, *, max_image_pixels: int | None = None, max_batch_size: int = 8,
+                 batch_window: float = 0.005):
+        self.model, self.processor, self.tokenizer = model.eval(), processor, processor.tokenizer
+        self.max_image_pixels = max_image_pixels or getattr(processor.image_processor, "max_image_pixels", None) \
+            or DEFAULT_MAX_IMAGE_PIXELS
+        self.max_batch_size, self.batch_window = max_batch_size, batch_window
+        self.tokenizer.padding_side = "left"
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:  # padded positions are masked out: any id will do
+            self.pad_token_id = self.tokenizer.eos_token_id
+        self.context_length = model.config.get_text_config().max_position_embeddings
+        self._queue: queue.Queue = queue.Queue()
+        self._generating = threading.Lock()  # one `generate` at a time on the model
+        self._starting = threading.Lock()
+        self._scheduler: threading.Thread | None = None
+        self._running: list[Generation] = []  # the rows of the `generate` in progress
+        # chat-turn threads, joined by `close`: one still freeing its tensors while Python shuts down aborts it
+        self._workers: set[threading.Thread] = set()
+        self.closed = False
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    @classmethod
+    def from_pretrained(cls, model_path, *, device=None, dtype=None, conversation_format: str | None = None,
+                        max_image_pixels: int | None = None, **kwargs) -> "LlavaEngine":
+        """Load anything the package's `from_pretrained` loads (ours, llava-hf, original releases); `kwargs` go to
+        both `from_pretrained` calls. dtype defaults to float32 on CPU and to the checkpoint's own elsewhere;
+        `conversation_format` (llava_v0, llava_v1, ...) replaces the checkpoint's chat template and stop strings."""
+        from .. import TransformersLlavaForConditionalGeneration, TransformersLlavaProcessor
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)
+        dtype = dtype or (torch.float32 if str(device) == "cpu" else "auto")
+        model = TransformersLlavaForConditionalGeneration.from_pretrained(model_path, dtype=dtype, **kwargs)
+        processor = TransformersLlavaProcessor.from_pretrained(model_path, **kwargs)
+        engine = cls(model.to(device), processor, max_image_pixels=max_image_pixels)
+        if conversation_format:
+            engine.set_conversation_format(conversation_format)
+        return engine
+
+    def set_conversation_format(self, name: str) -> None:
+        """Chat in one of the paper's formats (llava_v0, llava_v1, vicuna_v1, llava_llama_2, plain) and stop where
+        it ends a turn."""
+        self.processor.chat_template = load_chat_template(name)
+        self.model.generation_config.stop_strings = STOP_STRINGS.get(name)
+
+    @property
+    def model_stops(self) -> list[str]:
+        return list(self.model.generation_config.stop_strings or [])
+
+    @property
+    def eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos]) - {None}
+
+    # -- conversation -> ids
+    def check_image(self, image, where: str) -> Image.Image:
+        if not isinstance(image, Image.Image):
+            raise RequestError(f"{where} is not an image (got {type(image).__name__})", where, "invalid_image")
+        width, height = image.size
+        if width * height > self.max_image_pixels:
+            raise RequestError(
+                f"{where} has {width} x {height} = {width * height:,} pixels, more than this server's "
+                f"max_image_pixels={self.max_image_pixels:,}", where, "image_too_large")
+        if width == 0 or height == 0:
+            raise RequestError(f"{where} is empty ({width} x {height} pixels)", where, "invalid_image")
+        return image
+
+    def _validated(self, messages) -> tuple[list[dict], list[Image.Image]]:
+        """(messages with image parts reduced to placeholders for the template, the images in order)."""
+        if not isinstance(messages, list) or not messages:
+            raise RequestError("messages must be a non-empty list of chat messages", "messages", "invalid_value")
+        plain, images = [], []
+        for i, message in enumerate(messages):
+            where = f"messages[{i}]"
+            if not isinstance(message, dict) or "role" not in message:
+                raise RequestError(f"{where} must be an object with a role and a content", where, "invalid_value")
+            if message["role"] not in ROLES:
+                raise RequestError(f"{where} has role {message['role']!r}; this model's conversations know the roles "
+                                   f"{', '.join(ROLES)}", f"{where}.role", "invalid_role")
+            content = message.get("content")
+            if isinstance(content, str):
+                plain.append({"role": message["role"], "content": [{"type": "text", "text": content}]})
+                continue
+            if not isinstance(content, list):
+                raise RequestError(f"{where}.content must be a string or a list of parts", f"{where}.content",
+                                   "invalid_value")
+            parts = []
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    parts.append({"type": "text", "text": part["text"]})
+                elif kind == "image":
+                    images.append(self.check_image(part.get("image"), f"{where}.content[{j}]"))
+                    parts.append({"type": "image"})
+                else:
+                    raise RequestError(f"{where}.content[{j}] must be a text part or an image part, got "
+                                       f"{str(part)[:80]}", f"{where}.content[{j}]", "invalid_value")
+            plain.append({"role": message["role"], "content": parts})
+        if plain[-1]["role"] != "user":
+            raise RequestError(f"the last message must be the user's turn to answer, not {plain[-1]['role']!r}",
+                               f"messages[{len(plain) - 1}].role", "invalid_value")
+        return plain, images
+
+    def encode(self, messages) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt ids [L] with every image expanded to its tokens, pixel values [N_img, 3, H, W] or None), through
+        `processor.encode_conversation`, the package's one path from a conversation to ids."""
+        plain, images = self._validated(messages)
+        try:
+            encoded = self.processor.encode_conversation(plain, add_generation_prompt=True)
+        except TemplateError as err:
+            raise RequestError(f"the conversation does not fit the chat template: {err}", "messages",
+                               "invalid_conversation") from err
+        placed = encoded.text.count(self.processor.image_token)
+        if placed != len(images):
+            more = placed > len(images)
+            raise RequestError(
+                f"{len(images)} image(s) were sent but the chat template placed {placed} {self.processor.image_token} "
+                "placeholder(s)" + ("; the text itself contains the placeholder" if more else
+                                    " (it drops images it cannot place, e.g. outside user turns)"),
+                "messages", "image_placeholder_mismatch" if more else "too_many_images")
+        ids = torch.from_numpy(encoded.input_ids)
+        if len(ids) >= self.context_length:
+            raise RequestError(
+                f"the prompt is {len(ids)} tokens ({len(images)} image(s) of {self.processor.tokens_per_image} tokens "
+                f"each) but the model's context is {self.context_length} tokens", "messages",
+                "context_length_exceeded")
+        if not images:
+            return ids, None
+        return ids, self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+
+    # -- requests
+    def submit(self, messages, *, temperature: float = 0.2, top_p: float = 0.7, max_new_tokens: int | None = 512,
+               stop=None, seed: int | None = None) -> Generation:
+        """Queue one answer; returns its `Generation` at once (raises `RequestError` for a bad request)."""
+        stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        ids, pixel_values = self.encode(messages)
+        room = self.context_length - len(ids)
+        if max_new_tokens is None:
+            max_new_tokens = room
+        elif isinstance(max_new_tokens, int) and max_new_tokens > room:
+            raise RequestError(
+                f"the prompt is {len(ids)} tokens and {max_new_tokens} new tokens were asked for, but the model's "
+                f"context is {self.context_length} tokens (at most {room} new tokens fit)", "max_tokens",
+                "context_length_exceeded")
+        sampling = Sampling(temperature, top_p, max_new_tokens, stop, seed)
+        generation = Generation(self.tokenizer, len(ids), sampling, list(stop) + self.model_stops, self.eos_ids)
+        self._start_scheduler()
+        self._queue.put(_Request(ids, pixel_values, generation))
+        return generation
+
+    def stream(self, messages, **sampling) -> Iterator[str]:
+        """The answer's text deltas; closing the iterator early cancels the generation."""
+        generation = self.submit(messages, **sampling)
+
+        def deltas():
+            try:
+                yield from generation
+            finally:
+                generation.cancel()
+
+        return deltas()
+
+    def complete(self, messages, **sampling) -> Completion:
+        return self.submit(messages, **sampling).result()
+
+    # -- the scheduler
+    def close(self) -> None:
+        """Cancel the generation in progress and keep the model idle from now on. Also run at interpreter exit: a
+        thread still inside torch while Python shuts down aborts the process."""
+        self.closed = True
+        for row in list(self._running):
+            row.cancel()
+        if self._scheduler is not None:
+            self._queue.put(None)
+            self._scheduler.join(timeout=60)
+        self._generating.acquire(timeout=60)  # held for good: nothing generates after close
+        for worker in list(self._workers):
+            worker.join(timeout=10)
+
+    def _start_scheduler(self) -> None:
+        if self.closed:
+            raise RuntimeError("this LlavaEngine is closed")
+        with self._starting:
+            if self._scheduler is None:
+                self._scheduler = threading.Thread(target=self._schedule, name="llava-engine", daemon=True)
+                self._scheduler.start()
+
+    def _schedule(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:  # `close`
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.batch_window
+            while len(batch) < self.max_batch_size:
+                try:
+                    request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if request is None:
+                    self._queue.put(None)  # run (or fail) this batch, then stop
+                    break
+                batch.append(request)
+            groups: dict = {}
+            for request in batch:
+                groups.setdefault(request.generation.sampling.batch_key(), []).append(request)
+            for group in groups.values():
+                self._run_batch(group)
+            del batch, groups, group, request, first  # free the tensors here, not while Python shuts down
+
+    def _run_batch(self, requests: list[_Request]) -> None:
+        requests = [r for r in requests if not r.generation.cancelled]
+        rows = [r.generation for r in requests]
+        try:
+            with self._generating:  # all torch work under the lock, which `close` takes for good
+                if self.closed:
+                    raise RuntimeError("this LlavaEngine is closed")
+                if requests:
+                    self._running = rows
+                    self._generate(requests, rows)
+        except Exception as error:  # the callers hear of it; the scheduler keeps serving
+            for row in rows:
+                row.fail(error)
+        finally:
+            for row in rows:
+                row.finish("cancelled" if row.cancelled else "length")
+
+    def _generate(self, requests: list[_Request], rows: list[Generation]) -> None:
+        width = max(len(r.ids) for r in requests)
+        input_ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):  # left padding: every row's last prompt token is in the last column
+            input_ids[i, width - len(r.ids):] = r.ids
+            attention_mask[i, width - len(r.ids):] = 1
+        device = self.model.device
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
+        if pixels:  # the model fills image tokens in row-major order: the rows' images, in row order
+            inputs["pixel_values"] = torch.cat(pixels).to(device, self.model.dtype)
+        sampling = rows[0].sampling
+        if sampling.seed is not None and not sampling.greedy:
+            torch.manual_seed(sampling.seed)
+        config = self._generation_config(sampling, max(row.sampling.max_new_tokens for row in rows))
+        self.model.generate(**inputs, generation_config=config, streamer=RowStreamer(rows), tokenizer=self.tokenizer,
+                            stopping_criteria=StoppingCriteriaList([RowsFinished(rows)]))
+
+    def _generation_config(self, sampling: Sampling, max_new_tokens: int):
+        """The model's generation config with this batch's sampling (its stop strings end rows in `generate` too;
+        the rows cut them from their text, each with its own)."""
+        config = copy.deepcopy(self.model.generation_config)
+        config.update(**{"pad_token_id": self.pad_token_id, "max_new_tokens": max_new_tokens,
+                         "temperature": None, "top_p": None, "top_k": None, **sampling.generate_kwargs()})
+        return config
+
+    # -- multi-turn chat with a kept KV cache (the CLI)
+    def chat(self, system: str | None = None) -> LlavaChat:
+        return LlavaChat(self.model, self.processor, system=system)
+
+    def stream_turn(self, chat: LlavaChat, text: str, images=None, *, temperature: float = 0.2, top_p: float = 0.7,
+                    max_new_tokens: int = 512, seed: int | None = None) -> Generation:
+        """Ask `chat` one more turn in a worker thread; returns its `Generation` (iterate for the deltas)."""
+        images = [self.check_image(image, f"image {i}") for i, image in enumerate(images or [])]
+        sampling = Sampling(temperature, top_p, max_new_tokens, (), seed)
+        generation = Generation(self.tokenizer, 0, sampling, self.model_stops, self.eos_ids)
+
+        def work():
+            try:
+                with self._generating:
+                    if self.closed:
+                        raise RuntimeError("this LlavaEngine is closed")
+                    self._running = [generation]
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    chat.ask(text, images=images, streamer=RowStreamer([generation]), max_new_tokens=max_new_tokens,
+                             stopping_criteria=StoppingCriteriaList([RowsFinished([generation])]),
+                             tokenizer=self.tokenizer, pad_token_id=self.pad_token_id, **sampling.generate_kwargs())
+                generation.prompt_tokens = chat.prompt_length
+            except Exception as error:
+                generation.fail(error)
+            finally:
+                generation.finish("cancelled" if generation.cancelled else "length")
+
+        if self.closed:
+            raise RuntimeError("this LlavaEngine is closed")
+        worker = threading.Thread(target=work, name="llava-chat-turn", daemon=True)
+        self._workers = {w for w in self._workers if w.is_alive()} | {worker}
+        worker.start()
+        return generation
+
+
+def _close_at_exit(engine_ref) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.close()
+
+
+def add_engine_arguments(parser) -> None:
+    """The options every command that loads a model for chatting shares (chat, serve, web)."""
+    parser.add_argument("model", help="a checkpoint directory or Hub id: ours, llava-hf or an original LLaVA release")
+    parser.add_argument("--conv-mode", choices=FORMATS, help="conversation format (default: the checkpoint's own)")
+    parser.add_argument("--max-image-pixels", type=int, help="refuse larger images (default: the processor's)")
+    parser.add_argument("--device", help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
+                        help="default: float32 on CPU, the checkpoint's own elsewhere")
+
+
+def engine_from_args(args, command: str) -> LlavaEngine | None:
+    """Load the engine `add_engine_arguments` describes, or say on stderr why not and return None."""
+    looks_like_hub_id = args.model.count("/") == 1 and not args.model.startswith((".", "/", "~"))
+    if not os.path.exists(args.model) and not looks_like_hub_id:
+        print(f"transformers-llava {command}: model path {args.model} does not exist", file=sys.stderr)
+        return None
+    try:
+        return LlavaEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                           conversation_format=args.conv_mode, max_image_pixels=args.max_image_pixels)
+    except (OSError, ValueError) as err:
+        print(f"transformers-llava {command}: could not load a LLaVA from {args.model}: {err}", file=sys.stderr)
+        return None
+
+
+__all__ = ["LlavaEngine", "Generation", "Completion", "RequestError", "Sampling"]
