@@ -15,7 +15,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("transformers_llava.demo", "build a tiny LLaVA locally and run the embedded default end to end"),
+    "demo": ("transformers_llava.demo.run", "build a tiny LLaVA locally and run the embedded default end to end"),
     "train": ("transformers_llava.training.cli", "train a LLaVA stage (stage1 / stage2 / lora) from a YAML recipe"),
     "convert": ("transformers_llava.checkpoints.cli", "convert checkpoints between original LLaVA, llava-hf and ours"),
     "eval": ("transformers_llava.evaluation.cli", "evaluate on LLaVA-Bench or ScienceQA"),
