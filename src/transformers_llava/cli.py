@@ -5,6 +5,7 @@
     transformers-llava convert SRC DST ...  # original LLaVA / llava-hf / ours
     transformers-llava eval llava-bench|scienceqa ...
     transformers-llava generate ...         # GPT-assisted instruction data, CC3M filtering
+    transformers-llava web MODEL            # the web demo: chat about images in the browser
 
 Each subcommand lives in its own module exposing `main(argv=None) -> int`.
 """
@@ -18,6 +19,7 @@ COMMANDS = {
     "convert": ("transformers_llava.checkpoints.cli", "convert checkpoints between original LLaVA, llava-hf and ours"),
     "eval": ("transformers_llava.evaluation.cli", "evaluate on LLaVA-Bench or ScienceQA"),
     "generate": ("transformers_llava.data_generation.cli", "generate instruction data / filter CC3M captions"),
+    "web": ("transformers_llava.serving.web", "chat about images in the browser (Gradio demo; extra [web])"),
 }
 
 
