@@ -2,34 +2,19 @@
 they get alone, each row stops on its own, closing a stream stops its generation, and bad requests are named."""
 
 import pytest
-import torch
 from PIL import Image
 
 from transformers_llava.serving import LlavaEngine, RequestError
 
+from serving_helpers import ask, generate_alone, peak
+
 ORANGE, BLUE = Image.new("RGB", (60, 40), "orange"), Image.new("RGB", (40, 50), "blue")
-
-
-def ask(text, *images):
-    parts = [{"type": "image", "image": image} for image in images] + [{"type": "text", "text": text}]
-    return [{"role": "user", "content": parts}]
 
 
 @pytest.fixture
 def peaked(tiny):
     model, processor = tiny
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20)  # peaked logits: greedy choices not decided by float noise
-    return model, processor
-
-
-def generate_alone(model, processor, messages, max_new_tokens):
-    """What `model.generate` answers to the conversation, encoded as the processor encodes it."""
-    images = [part["image"] for m in messages for part in m["content"] if part["type"] == "image"]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(text=[prompt], images=images or None, return_tensors="pt")
-    out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-    return processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return peak(model), processor
 
 
 def test_greedy_answer_equals_generate_and_the_stream_adds_up_to_it(peaked):

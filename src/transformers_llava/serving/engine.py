@@ -26,7 +26,10 @@ Multi-turn chats that keep their KV cache between turns (the CLI) run through `L
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import os
+import sys
 import queue
 import threading
 import time
@@ -40,7 +43,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..chat import LlavaChat
-from ..chat_templates import STOP_STRINGS, load_chat_template
+from ..chat_templates import FORMATS, STOP_STRINGS, load_chat_template
 from ..image_processing_llava import DEFAULT_MAX_IMAGE_PIXELS
 
 ROLES = ("system", "user", "assistant")
@@ -113,6 +116,7 @@ class Generation:
         self._tokenizer, self._stops, self._eos_ids = tokenizer, stops, eos_ids
         self._decoded, self._emitted = "", 0
         self._events: queue.Queue = queue.Queue()
+        self._wake = None  # set by an asyncio consumer: called after each event
         self._cancelled = threading.Event()
 
     # -- the consumer's side
@@ -126,10 +130,31 @@ class Generation:
             else:
                 return
 
+    async def deltas(self):
+        """The text deltas for an asyncio consumer (no thread waits for them)."""
+        loop, ready = asyncio.get_running_loop(), asyncio.Event()
+        self._wake = lambda: loop.call_soon_threadsafe(ready.set)
+        while True:
+            try:
+                kind, value = self._events.get_nowait()
+            except queue.Empty:
+                await ready.wait()
+                ready.clear()
+                continue
+            if kind == "delta":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
     def result(self) -> Completion:
         """Wait for the whole answer."""
         for _ in self:
             pass
+        return self.completion()
+
+    def completion(self) -> Completion:
         completion = Completion(self.text)
         completion.prompt_tokens, completion.completion_tokens = self.prompt_tokens, self.completion_tokens
         completion.finish_reason = self.finish_reason
@@ -171,12 +196,20 @@ class Generation:
             return
         self._emit(final=True)
         self.text, self.finish_reason = self._decoded.strip(), reason
-        self._events.put(("end", None))
+        self._put("end", None)
 
     def fail(self, error: BaseException) -> None:
         if not self.finished:
             self.finish_reason = "error"
-            self._events.put(("error", error))
+            self._put("error", error)
+
+    def _put(self, kind: str, value) -> None:
+        self._events.put((kind, value))
+        if self._wake is not None:
+            try:
+                self._wake()
+            except RuntimeError:  # the consumer's event loop is gone
+                self.cancel()
 
     def _emit(self, final: bool) -> None:
         """Send the text that can no longer change: held back are leading and trailing whitespace (the answer is
@@ -191,7 +224,7 @@ class Generation:
                         end -= k
                         break
         if end > self._emitted:
-            self._events.put(("delta", visible[self._emitted: end]))
+            self._put("delta", visible[self._emitted: end])
             self._emitted = end
 
 
@@ -480,6 +513,30 @@ class LlavaEngine:
 
         threading.Thread(target=work, name="llava-chat-turn", daemon=True).start()
         return generation
+
+
+def add_engine_arguments(parser) -> None:
+    """The options every command that loads a model for chatting shares (chat, serve, web)."""
+    parser.add_argument("model", help="a checkpoint directory or Hub id: ours, llava-hf or an original LLaVA release")
+    parser.add_argument("--conv-mode", choices=FORMATS, help="conversation format (default: the checkpoint's own)")
+    parser.add_argument("--max-image-pixels", type=int, help="refuse larger images (default: the processor's)")
+    parser.add_argument("--device", help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
+                        help="default: float32 on CPU, the checkpoint's own elsewhere")
+
+
+def engine_from_args(args, command: str) -> LlavaEngine | None:
+    """Load the engine `add_engine_arguments` describes, or say on stderr why not and return None."""
+    looks_like_hub_id = args.model.count("/") == 1 and not args.model.startswith((".", "/", "~"))
+    if not os.path.exists(args.model) and not looks_like_hub_id:
+        print(f"transformers-llava {command}: model path {args.model} does not exist", file=sys.stderr)
+        return None
+    try:
+        return LlavaEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                           conversation_format=args.conv_mode, max_image_pixels=args.max_image_pixels)
+    except (OSError, ValueError) as err:
+        print(f"transformers-llava {command}: could not load a LLaVA from {args.model}: {err}", file=sys.stderr)
+        return None
 
 
 __all__ = ["LlavaEngine", "Generation", "Completion", "RequestError", "Sampling"]
