@@ -7,7 +7,6 @@ except under CI=true, where it fails.
 """
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -116,8 +115,8 @@ def test_answers_stream_piece_by_piece_and_equal_greedy_generate(plain):
     turns.append(Turn("What color?"))
     for _ in chat.stream_answer(turns, 0, 0.7, 8):
         pass
-    assert turns[-1].answer == greedy(model, processor, [("What is this?", photo, expected), ("What color?", None, None)],
-                                      8, image_aspect_ratio="pad")
+    conversation = [("What is this?", photo, expected), ("What color?", None, None)]
+    assert turns[-1].answer == greedy(model, processor, conversation, 8, image_aspect_ratio="pad")
 
 
 # -- the page in a real browser
@@ -249,3 +248,29 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(web_app, plain, 
         wait_for_answers(1, greedy(model, processor, [(fresh, None, None)], 16))
         assert user.count() == 1 and page.locator("#chatbot img").count() == 0
         browser.close()
+
+
+# -- the same page logic against an OpenAI-compatible server (`--base-url`)
+
+def test_remote_engine_answers_as_generate_through_our_server(plain):
+    from serving_helpers import running_server
+
+    from transformers_llava.serving.remote import RemoteEngine, RemoteError
+
+    model, processor = plain
+    photo = Image.open(reference_path("llava", "images", "waterview.jpg"))
+    with running_server(LlavaEngine(model, processor), model_name="tiny") as base_url:
+        chat = WebChat(RemoteEngine(base_url, model="tiny"))
+        turns = [Turn("What is this?", photo, "Pad")]
+        seen = [turns[-1].answer for _ in chat.stream_answer(turns, 0, 0.7, 12)]
+        expected = greedy(model, processor, [("What is this?", photo, None)], 12, image_aspect_ratio="pad")
+        assert turns[-1].answer == expected and len(set(seen)) > 1  # the image went as lossless PNG, streamed back
+        turns.append(Turn("What color?"))
+        for _ in chat.stream_answer(turns, 0, 0.7, 8):
+            pass
+        assert turns[-1].answer == greedy(model, processor, [("What is this?", photo, expected),
+                                                             ("What color?", None, None)], 8, image_aspect_ratio="pad")
+        with pytest.raises(RemoteError, match=r"/chat/completions \(model 'tiny'\) answered HTTP 400: .*top_p"):
+            list(RemoteEngine(base_url, model="tiny").stream(chat.messages(turns[:1]), top_p=0.0))
+    with pytest.raises(RemoteError, match=r"127\.0\.0\.1:\d+/v1/chat/completions \(model 'tiny'\) failed: Connection"):
+        list(RemoteEngine(f"http://127.0.0.1:{free_port()}/v1", model="tiny").stream(chat.messages(turns[:1])))

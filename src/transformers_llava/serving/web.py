@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..image_processing_llava import DEFAULT_MAX_IMAGE_PIXELS, ImageLoadError, open_image
+from .engine import add_engine_arguments, engine_from_args
 from .image_modes import MODES, prepare_image, processor_geometry
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -181,29 +182,19 @@ def build_demo(engine, model_name: str = "", title: str = "LLaVA"):
     return demo
 
 
-def load_engine(args):
-    if args.base_url:
-        from .remote import RemoteEngine
-
-        return RemoteEngine(args.base_url, model=args.model)
-    from .engine import LlavaEngine
-
-    return LlavaEngine.from_pretrained(args.model, conversation_format=args.conv_mode)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="transformers-llava web", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", metavar="MODEL",
-                        help="checkpoint path, or with --base-url the model's name on that server")
+    add_engine_arguments(parser)
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to be reachable from other machines")
     parser.add_argument("--base-url", help="an OpenAI-compatible server to answer instead of a local model, e.g. "
-                                           "http://127.0.0.1:8000/v1 (API key from OPENAI_API_KEY, if it needs one)")
-    parser.add_argument("--conv-mode", help="conversation format for a local model (llava_v0, llava_v1, ...), "
-                                            "instead of the checkpoint's chat template")
+                                           "http://127.0.0.1:8000/v1; MODEL is then the model's name there "
+                                           "(GET /v1/models); API key from OPENAI_API_KEY, if it needs one")
     args = parser.parse_args(argv)
-    if args.base_url and args.conv_mode:
-        parser.error("--conv-mode applies to a local model; a server at --base-url uses its own chat template")
+    local_only = [f"--{name.replace('_', '-')}" for name in ("conv_mode", "max_image_pixels", "device", "dtype")
+                  if getattr(args, name) is not None]
+    if args.base_url and local_only:
+        parser.error(f"{', '.join(local_only)}: for a local model only; the server at --base-url loads its own")
     return args
 
 
@@ -216,8 +207,15 @@ def main(argv=None) -> int:
         print("transformers-llava web: the web demo needs Gradio: pip install 'transformers-llava[web]'",
               file=sys.stderr)
         return 1
-    engine = load_engine(args)
-    demo = build_demo(engine, model_name=args.model if not args.base_url else f"{args.model} at {args.base_url}")
+    if args.base_url:
+        from .remote import RemoteEngine
+
+        engine, name = RemoteEngine(args.base_url, model=args.model), f"{args.model} at {args.base_url}"
+    else:
+        engine, name = engine_from_args(args, "web"), args.model
+        if engine is None:
+            return 1
+    demo = build_demo(engine, model_name=name)
     demo.queue(default_concurrency_limit=8)  # concurrent visitors' answers run as one batch in the engine
     demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Default(), css=CSS,
                 footer_links=[])
