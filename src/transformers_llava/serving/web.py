@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     except ImportError:
         print("transformers-llava web: the web demo needs Gradio: pip install 'transformers-llava[web]'",
               file=sys.stderr)
-        return 1
+        return 2
     if args.base_url:
         from .remote import RemoteEngine
 
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     else:
         engine, name = engine_from_args(args, "web"), args.model
         if engine is None:
-            return 1
+            return 2
     demo = build_demo(engine, model_name=name)
     demo.queue(default_concurrency_limit=8)  # concurrent visitors' answers run as one batch in the engine
     demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Default(), css=CSS,
