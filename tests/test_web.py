@@ -25,6 +25,7 @@ from transformers_llava.serving.image_modes import prepare_image
 from transformers_llava.serving.web import WebChat, Turn
 
 CHROMIUM = "/usr/bin/chromium"
+MAX_IMAGE_PIXELS = 300_000  # the browser test's server takes the 570 x 380 photo and refuses the 1000 x 667 one
 
 
 # -- the "preprocess for non-square image" choice
@@ -150,7 +151,8 @@ def web_app(plain_model_dir, tmp_path):
     port = free_port()
     log = open(tmp_path / "web.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "transformers_llava.cli", "web", str(plain_model_dir),
-                                "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                "--port", str(port), "--max-image-pixels", str(MAX_IMAGE_PIXELS)],
+                               stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -165,7 +167,7 @@ def web_app(plain_model_dir, tmp_path):
                 if time.monotonic() > deadline:
                     pytest.fail(f"the web demo did not answer at {url}:\n{(tmp_path / 'web.log').read_text()}")
                 time.sleep(1)
-        yield url
+        yield url, tmp_path / "web.log"
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -175,6 +177,7 @@ def web_app(plain_model_dir, tmp_path):
 def test_the_page_streams_greedy_answers_regenerates_and_clears(web_app, plain, tmp_path):
     sync_playwright = browser_or_skip()
     model, processor = plain
+    url, log = web_app
     photo_path = reference_path("llava", "images", "extreme_ironing.jpg")
     photo = Image.open(photo_path)
     question, follow_up, fresh = "What is unusual about this image?", "What color is it?", "What is this?"
@@ -186,7 +189,7 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(web_app, plain, 
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(120_000)
-        page.goto(web_app)
+        page.goto(url)
         bot = page.locator("#chatbot [data-testid='bot']")
         user = page.locator("#chatbot [data-testid='user']")
 
@@ -201,7 +204,8 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(web_app, plain, 
                     }""", arg=[count, normalized(last)], timeout=120_000)
             except Exception:
                 shown = [normalized(text) for text in bot.all_inner_texts()]
-                pytest.fail(f"expected {count} answers ending with {normalized(last)!r}; the page shows {shown}")
+                pytest.fail(f"expected {count} answers ending with {normalized(last)!r}; the page shows {shown}; "
+                            f"the server's log ends:\n{log.read_text()[-3000:]}")
 
         def set_slider(elem_id, value):
             box = page.locator(f"#{elem_id} input[type=number]")
@@ -247,6 +251,14 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(web_app, plain, 
         page.press("#question textarea", "Enter")
         wait_for_answers(1, greedy(model, processor, [(fresh, None, None)], 16))
         assert user.count() == 1 and page.locator("#chatbot img").count() == 0
+
+        # An image over the server's --max-image-pixels: the page says why, and the chat is left as it was.
+        page.set_input_files("#imagebox input[type=file]", str(reference_path("llava", "images", "waterview.jpg")))
+        page.locator("#imagebox img").first.wait_for()
+        page.fill("#question textarea", question)
+        page.press("#question textarea", "Enter")
+        page.get_by_text("has 1000 x 667 = 667,000 pixels, more than max_image_pixels=300,000").wait_for()
+        assert user.count() == 1 and bot.count() == 1
         browser.close()
 
 

@@ -8,11 +8,11 @@
 - "Resize": squashed to `side` x `side`, aspect ratio not kept — the original demo's third choice, which has no
   processor mode: it exists only here, as it did only in the original demo.
 
-Every mode but "Default" returns a square image, which both processor modes then leave as it is (padding a square adds
-nothing; resizing it to the crop size leaves nothing to crop). So the choice means the same whatever the checkpoint's
-mode, and the same in-process or sent to a server: Crop and Pad give exactly the pixel values the processor's own
-`square` and `pad` modes give (tests pin it). Without `side` (a remote server whose processor is not known here), Crop
-takes the centered square at full resolution and Resize squashes to the longer edge; the server resizes after.
+Every mode but "Default" returns a square image of `side` x `side`, which both processor modes then leave as it is
+(padding a square adds nothing; resizing it to the crop size leaves nothing to crop). So the choice means the same
+whatever the checkpoint's mode: Crop and Pad give exactly the pixel values the processor's own `square` and `pad` modes
+give (tests pin it). Without `side` (a remote server, whose processor is not known here) the square stays at full
+resolution — Crop takes the centered square, Pad pads, Resize squashes to the longer edge — and the server resizes it.
 """
 
 from PIL import Image
@@ -33,11 +33,12 @@ def prepare_image(image: Image.Image, mode: str, *, side: int | None = None,
     image = to_rgb(image, background)  # as the processor would, so padding and compositing use the same color
     width, height = image.size
     if mode == "Pad":
-        if width == height:
-            return image
-        canvas = Image.new("RGB", (max(width, height),) * 2, background)
-        canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
-        return canvas
+        if width != height:
+            canvas = Image.new("RGB", (max(width, height),) * 2, background)
+            canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+            image = canvas
+        # resized here as the processor would resize it, so what is sent is no larger than what the model sees
+        return image.resize((side, side), Image.Resampling.BICUBIC) if side else image
     if mode == "Resize":
         target = side or max(width, height)
         return image.resize((target, target), Image.Resampling.BICUBIC)
