@@ -32,8 +32,8 @@ def served(tiny_dir):
 
 
 def user(text, *images):
-    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}} for image in images]
-            + [{"type": "text", "text": text}]}
+    parts = [{"type": "image_url", "image_url": {"url": data_url(image)}} for image in images]
+    return {"role": "user", "content": parts + [{"type": "text", "text": text}]}
 
 
 def expected(engine, openai_messages, max_new_tokens):
