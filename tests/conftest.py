@@ -18,10 +18,14 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
 def reference_path(*parts: str) -> Path:
-    """A file under ../shared/reference, or skip the test saying what is missing."""
+    """A file under ../shared/reference, or skip the test saying what is missing — in CI (`CI=true`), fail: a run
+    that quietly skipped every comparison with the original would pass without checking it."""
     path = REFERENCE.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"reference data not available: {path} (the shared/ folder beside the checkout)")
+        message = f"reference data not available: {path} (the shared/ folder beside the checkout)"
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"{message}; CI=true requires it", pytrace=False)
+        pytest.skip(message)
     return path
 
 

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 
@@ -79,7 +80,7 @@ Fault = Slow | Status | Garbage | Malformed | Disconnect
 @dataclass
 class RecordedRequest:
     path: str
-    headers: dict
+    headers: httpx.Headers  # case-insensitive, as HTTP header names are
     body: dict
     received_at: float = field(default_factory=time.monotonic)  # time.monotonic() on arrival
 
@@ -198,7 +199,7 @@ class OpenAIServer:
                     body = json.loads(raw)
                 except json.JSONDecodeError:
                     return self.send(400, json.dumps({"error": {"message": "request body is not JSON"}}))
-                request = RecordedRequest(self.path, dict(self.headers), body)
+                request = RecordedRequest(self.path, httpx.Headers(dict(self.headers)), body)
                 try:
                     reply = server._next_reply(request)
                     if isinstance(reply, Slow):

@@ -28,7 +28,6 @@ from transformers_llava.chat_client import (
     RateLimiter,
     TokenUsage,
     TransformersChatClient,
-    parse_retry_after,
     run_concurrently,
 )
 from transformers_llava.tiny import BASE_CORPUS, train_tokenizer
@@ -37,7 +36,7 @@ MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "c
 
 
 def client_for(server, **kwargs) -> OpenAIChatClient:
-    options = {"model": "test-model", "timeout": 5.0, "max_retries": 3, "backoff": 0.01, "max_backoff": 0.05}
+    options = {"model": "test-model", "timeout": 5.0, "max_retries": 3}
     return OpenAIChatClient(base_url=server.base_url, **{**options, **kwargs})
 
 
@@ -91,19 +90,29 @@ def test_slow_response_times_out_and_is_retried(openai_server):
 def test_retry_after_is_honoured(openai_server, monkeypatch):
     sleeps = []
     monkeypatch.setattr(chat_client.time, "sleep", sleeps.append)
-    openai_server.inject(Status(429, retry_after=7), Status(429, retry_after=120))
-    client = client_for(openai_server, max_backoff=30.0)
+    http_date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
+    openai_server.inject(Status(429, retry_after=7), Status(503, retry_after=http_date))
+    client = client_for(openai_server)
     client.complete(MESSAGES)
-    assert sleeps == [7.0, 30.0]  # the server's hint, capped at max_backoff
+    assert sleeps[0] == 7.0 and 55 < sleeps[1] <= 60  # the server's hint, in seconds or as an HTTP date
+    assert client.usage.retries == 2
 
 
-def test_backoff_grows_exponentially_up_to_the_cap(openai_server, monkeypatch):
+def test_a_retry_after_beyond_two_minutes_is_reported_not_waited(openai_server, monkeypatch):
     sleeps = []
     monkeypatch.setattr(chat_client.time, "sleep", sleeps.append)
-    openai_server.inject(*[Status(500)] * 4)
-    client_for(openai_server, max_retries=4, backoff=1.0, max_backoff=5.0).complete(MESSAGES)
-    caps = [1.0, 2.0, 4.0, 5.0]
-    assert len(sleeps) == 4 and all(cap / 2 <= slept <= cap for slept, cap in zip(sleeps, caps))
+    openai_server.inject(Status(429, retry_after=600))
+    with pytest.raises(ChatClientError, match=r"after 1 attempts; last: HTTP 429 \(the server asked to wait 600 s\)"):
+        client_for(openai_server).complete(MESSAGES)
+    assert sleeps == []
+
+
+def test_backoff_grows_between_retries(openai_server, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(chat_client.time, "sleep", sleeps.append)
+    openai_server.inject(*[Status(500)] * 3, Garbage())
+    client_for(openai_server, max_retries=4).complete(MESSAGES)
+    assert len(sleeps) == 4 and all(0 < a < b <= 8 for a, b in zip(sleeps, sleeps[1:]))
 
 
 def test_exhausted_retries_name_the_failure(openai_server):
@@ -129,17 +138,18 @@ def test_unreachable_server_is_retried_then_reported():
     base_url = server.base_url
     server.stop()  # the port is closed now: connection refused
     with pytest.raises(ChatClientError, match="after 2 attempts; last: connection error"):
-        OpenAIChatClient(base_url=base_url, model="m", max_retries=1, backoff=0.01).complete(MESSAGES)
+        OpenAIChatClient(base_url=base_url, model="m", max_retries=1).complete(MESSAGES)
 
 
 def test_rate_limit_spaces_requests_across_threads(openai_server):
     client = client_for(openai_server, requests_per_minute=600)  # one request per 0.1 s
+    client.complete(MESSAGES)  # the client's one-time setup (platform headers, ...) is not part of the spacing
     threads = [threading.Thread(target=client.complete, args=(MESSAGES,)) for _ in range(5)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    arrivals = sorted(request.received_at for request in openai_server.requests)
+    arrivals = sorted(request.received_at for request in openai_server.requests[1:])
     # 5 starts 0.1 s apart span 0.4 s; single gaps may jitter with scheduling, the span cannot shrink much
     assert len(arrivals) == 5 and arrivals[-1] - arrivals[0] > 0.35, arrivals
 
@@ -147,13 +157,6 @@ def test_rate_limit_spaces_requests_across_threads(openai_server):
 def test_rate_limiter_rejects_nonsense():
     with pytest.raises(ValueError, match="requests_per_minute must be positive"):
         RateLimiter(0)
-
-
-def test_retry_after_header_forms():
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    http_date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))
-    assert 55 < parse_retry_after(http_date) <= 60
 
 
 def test_token_usage_cost_and_summary():

@@ -12,6 +12,7 @@ from transformers_llava import PACKED_SDPA
 from transformers_llava.packed_attention import packed_segments
 from transformers_llava.training.collator import LlavaDataCollator
 from transformers_llava.training.data import load_llava_json
+from transformers_llava.training.trainer import supervised_loss
 
 
 @pytest.fixture
@@ -71,9 +72,10 @@ def test_supervised_positions_only_loss_equals_the_full_loss(tiny, dataset):
         batch = LlavaDataCollator(processor, padding_free=padding_free)(dataset)
         with torch.no_grad():
             full = model(**batch).loss
-            compact = model(**batch, loss_only=True)
-        assert compact.logits is None
-        torch.testing.assert_close(compact.loss, full, rtol=1e-5, atol=1e-6)
+            compact, logits, _ = supervised_loss(model, batch)
+        supervised = int((batch["labels"][:, 1:] != -100).sum())
+        assert logits.shape == (supervised, model.config.text_config.vocab_size)  # the head ran there only
+        torch.testing.assert_close(compact, full, rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_match_between_padded_and_padding_free(tiny, dataset):
@@ -82,7 +84,7 @@ def test_gradients_match_between_padded_and_padding_free(tiny, dataset):
     for padding_free in (False, True):
         model.zero_grad()
         batch = LlavaDataCollator(processor, padding_free=padding_free)(dataset)
-        model(**batch, loss_only=True).loss.backward()
+        supervised_loss(model, batch)[0].backward()
         grads.append(model.model.multi_modal_projector.linear_1.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
@@ -112,3 +114,28 @@ def test_padding_free_training_through_sft_trainer(tiny, dataset, tmp_path):
     trainer = make_trainer(model, processor, Dataset.from_list(dataset), args, stage="stage2", padding_free=True)
     assert model.config.text_config._attn_implementation == PACKED_SDPA
     assert trainer.train().training_loss > 0
+
+
+def test_trainer_logs_trls_entropy_and_token_accuracy(tiny, dataset, tmp_path):
+    """The supervised-positions-only loss keeps the metrics SFTTrainer logs, computed as from the full logits."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from transformers_llava.training.trainer import make_trainer
+
+    model, processor = tiny
+    args = SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, gradient_checkpointing=False)
+    trainer = make_trainer(model, processor, Dataset.from_list(dataset), args, stage="stage2")
+    batch = LlavaDataCollator(processor)(dataset)
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        full = model(**batch)
+    logits = full.logits[:, :-1].float()
+    mask = batch["labels"][:, 1:] != -100
+    log_probs = logits[mask].log_softmax(-1)
+    accuracy = (logits[mask].argmax(-1) == batch["labels"][:, 1:][mask]).float().mean()
+    entropy = -(log_probs.exp() * log_probs).sum(-1).mean()
+    torch.testing.assert_close(loss, full.loss, rtol=1e-5, atol=1e-6)
+    assert trainer._metrics["eval"]["mean_token_accuracy"][-1] == pytest.approx(accuracy.item(), abs=1e-6)
+    assert trainer._metrics["eval"]["entropy"][-1] == pytest.approx(entropy.item(), rel=1e-5)

@@ -10,16 +10,10 @@ import random
 import pytest
 from conftest import reference_path
 
-from transformers_llava.data_generation.conversations import keyed_rng, to_conversations, write_llava_json
+from transformers_llava.formats.llava_json import keyed_rng, to_conversations, write_llava_json
 from transformers_llava.data_generation.parsing import ResponseRejected, parse_response
-from transformers_llava.data_generation.prompts import (
-    DATA_TYPES,
-    INSTRUCTIONS_FILE,
-    PROMPTS_DIR,
-    build_messages,
-    load_instructions,
-    load_prompt_set,
-)
+from transformers_llava.data_generation.prompts import DATA_TYPES, PROMPTS_DIR, build_messages, load_prompt_set
+from transformers_llava.formats.instructions import INSTRUCTIONS_FILE, load_instructions
 from transformers_llava.record_store import RecordStore
 from transformers_llava.data_generation.symbolic import format_context, read_caps_boxes_jsonl, read_coco
 

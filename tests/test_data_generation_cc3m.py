@@ -17,7 +17,7 @@ from transformers_llava.data_generation.captions import read_captions
 from transformers_llava.data_generation.cc3m_filter import filter_cc3m, phrase_key
 from transformers_llava.data_generation.cli import main
 from transformers_llava.data_generation.noun_phrases import SimpleNounPhrases, find_english_pipeline, get_extractor
-from transformers_llava.data_generation.prompts import load_instructions
+from transformers_llava.formats.instructions import load_instructions
 from transformers_llava.data_generation.stage1 import build_stage1
 
 

@@ -22,7 +22,8 @@ from tiny_chat_model import build_tiny_chat_model
 from transformers_llava.chat_client import OpenAIChatClient, TransformersChatClient
 from transformers_llava.data_generation.cli import main
 from transformers_llava.data_generation.instruct import generate_instructions
-from transformers_llava.data_generation.prompts import DATA_TYPES, build_messages, load_instructions, load_prompt_set
+from transformers_llava.data_generation.prompts import DATA_TYPES, build_messages, load_prompt_set
+from transformers_llava.formats.instructions import load_instructions
 from transformers_llava.data_generation.symbolic import format_context, read_caps_boxes_jsonl
 
 SOURCE = Path(__file__).resolve().parents[1] / "src"
@@ -48,7 +49,7 @@ def read_records(out: Path) -> list[dict]:
 
 def client_for(server, **kwargs) -> OpenAIChatClient:
     return OpenAIChatClient(base_url=server.base_url, model="gpt-test",
-                            **{"timeout": 5.0, "backoff": 0.01, "max_backoff": 0.05, **kwargs})
+                            **{"timeout": 5.0, **kwargs})
 
 
 def test_run_builds_the_paper_prompts_and_survives_faults(caps_boxes, tmp_path):

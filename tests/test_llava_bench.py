@@ -110,7 +110,7 @@ def test_reviews_over_http_survive_faults_and_never_average_failures(tmp_path, c
     answers["4"]["text"] = "I mumble."                      # the judge never gives readable scores for this one
     with OpenAIServer(scripted_judge) as server:
         server.inject(Status(429, retry_after=0), Status(500), Garbage(), Malformed())
-        client = OpenAIChatClient(base_url=server.base_url, model="judge", max_retries=5, backoff=0.0)
+        client = OpenAIChatClient(base_url=server.base_url, model="judge", max_retries=5)
         failures = review_answers(client, items, answers, tmp_path / "reviews.jsonl", attempts=2, progress=False)
         assert len(server.requests) == 4 + 8 + 2             # 4 faults retried, 8 good reviews, 2 tries of question 4
         sent = server.requests[-1].body
@@ -132,7 +132,7 @@ def test_a_rerun_asks_only_what_is_missing(tmp_path, coco_items):
     answers = candidate_answers(items)
     answers["2"]["text"] = "I mumble."
     with OpenAIServer(scripted_judge) as server:
-        client = OpenAIChatClient(base_url=server.base_url, model="judge", backoff=0.0)
+        client = OpenAIChatClient(base_url=server.base_url, model="judge")
         assert len(review_answers(client, items, answers, tmp_path / "r.jsonl", attempts=1, progress=False)) == 1
         answers["2"]["text"] = "An answer of category complex."
         assert review_answers(client, items, answers, tmp_path / "r.jsonl", attempts=1, progress=False) == []

@@ -13,14 +13,14 @@ import pytest
 from transformers import AutoModelForImageTextToText
 
 from fake_hub import FakeHub
-from transformers_llava.training.model_card import (
-    PROVENANCE,
+from transformers_llava.checkpoints.model_card import (
     TEMPLATE,
     provenance,
     record_evaluation,
     set_provenance,
     template_text,
 )
+from transformers_llava.checkpoints.training_record import PROVENANCE, RECORD_FILE, read_training_record
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = {"stage": "stage1", "what": "feature alignment", "recipe": "examples/llava_v1_stage1.yaml",
@@ -52,6 +52,24 @@ def test_save_pretrained_writes_the_card_with_the_training_record(tiny, tmp_path
     assert provenance(again.config)["stages"] == [STAGE]
 
 
+def test_the_record_is_its_own_file_and_older_checkpoints_still_read(tiny, tmp_path):
+    import json
+
+    model, _ = tiny
+    trained(model).save_pretrained(tmp_path / "new")
+    assert PROVENANCE not in json.loads((tmp_path / "new" / "config.json").read_text())
+    assert json.loads((tmp_path / "new" / RECORD_FILE).read_text())["stages"] == [STAGE]
+    assert provenance(model.config)["stages"] == [STAGE]  # still on the model after saving
+    # A checkpoint written before the record had its own file: the record is a config.json field.
+    old = tmp_path / "old"
+    model.save_pretrained(old)
+    (old / RECORD_FILE).unlink()
+    config = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**config, PROVENANCE: {"stages": [STAGE]}}))
+    assert read_training_record(old)["stages"] == [STAGE]
+    assert provenance(AutoModelForImageTextToText.from_pretrained(old).config)["stages"] == [STAGE]
+
+
 def test_a_model_never_trained_here_gets_a_card_naming_its_towers(tiny, tmp_path):
     model, _ = tiny
     model.save_pretrained(tmp_path)
@@ -70,6 +88,7 @@ def test_evaluation_results_are_added_to_a_saved_checkpoint(tiny, tmp_path):
     assert "| LLaVA-Bench (COCO) | relative score | 85.1 |\n| ScienceQA | accuracy | 90.92 |" in card
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert getattr(loaded.config, PROVENANCE)["evaluation"]["ScienceQA"] == {"accuracy": 90.92}
+    assert read_training_record(tmp_path)["evaluation"]["ScienceQA"] == {"accuracy": 90.92}
 
 
 def test_push_to_hub_uploads_our_card_through_transformers_upload(tiny, tmp_path):

@@ -13,9 +13,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils.deepspeed import HfDeepSpeedConfig
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
-from transformers import AutoConfig
 
 from training_fixtures import EXAMPLES, ROOT, base_checkpoint, tiny_data, tiny_overrides, towers  # noqa: F401
+from transformers_llava.checkpoints.training_record import read_training_record
 from transformers_llava.training.checkpointing import read_run
 
 ACCELERATE = EXAMPLES / "accelerate"
@@ -81,7 +81,7 @@ def test_two_processes_train_together_and_save_once(towers, base_checkpoint, tin
     assert result.stdout.count("rank 0/2 finished") == 1 and result.stdout.count("rank 1/2 finished") == 1
     assert result.stdout.count("Saved the stage1 model") == 1
     assert read_run(out)["finished"]
-    stage = AutoConfig.from_pretrained(out).training_provenance["stages"][-1]
+    stage = read_training_record(out)["stages"][-1]
     # 2 processes x 2 per device x 1 accumulation step = the global batch of 4; 3 steps saw 12 of the 16 samples.
     hyperparameters = dict(stage["hyperparameters"])
     assert (hyperparameters["processes"], hyperparameters["gradient_accumulation_steps"], stage["steps"]) == (2, 1, 3)

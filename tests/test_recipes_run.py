@@ -6,10 +6,11 @@ import json
 
 import pytest
 import yaml
-from transformers import AutoConfig, AutoProcessor
+from transformers import AutoProcessor
 
 from training_fixtures import EXAMPLES, base_checkpoint, tiny_data, tiny_overrides, towers  # noqa: F401
 from transformers_llava.chat_templates import load_chat_template
+from transformers_llava.checkpoints.training_record import read_training_record
 from transformers_llava.training.checkpointing import read_run
 from transformers_llava.training.cli import main
 
@@ -36,8 +37,7 @@ def test_every_recipe_trains_two_steps_and_saves(path, towers, base_checkpoint, 
         assert adapter["r"] == 128 and adapter["modules_to_save"] == ["multi_modal_projector"]
         assert "LoRA adapter" in card
         return
-    config = AutoConfig.from_pretrained(out)
-    stage = config.training_provenance["stages"][-1]
+    stage = read_training_record(out)["stages"][-1]
     assert (stage["stage"], stage["steps"], stage["data"]["format"]) == (raw["stage"], 2, raw["data"]["format"])
     assert stage["data"]["samples"] == (2 if raw["data"]["format"] == "scienceqa" else 16)
     assert dict(stage["hyperparameters"])["learning_rate"] == float(raw["training"]["learning_rate"])
@@ -53,5 +53,5 @@ def test_a_streamed_dataset_trains_without_decoding_up_front(towers, base_checkp
     path = EXAMPLES / "llava_v1_stage2.yaml"
     overrides = tiny_overrides(path, towers, base_checkpoint, tiny_data, tmp_path / "out") + ["data.streaming=true"]
     assert main([str(path), *override_args(overrides)]) == 0
-    stage = AutoConfig.from_pretrained(tmp_path / "out").training_provenance["stages"][-1]
+    stage = read_training_record(tmp_path / "out")["stages"][-1]
     assert stage["steps"] == 2 and stage["data"]["samples"] is None  # a stream is not counted

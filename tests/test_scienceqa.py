@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import reference_path
 
-from transformers_llava.evaluation.scienceqa_data import load_scienceqa, prompt_pair, question_text, to_llava_records
+from transformers_llava.formats.scienceqa import load_scienceqa, prompt_pair, question_text, to_llava_records
 from transformers_llava.evaluation.scienceqa_gpt4 import complement, disagreements
 from transformers_llava.evaluation.scienceqa_scoring import (
     accuracy,
@@ -202,8 +202,7 @@ def test_judge_scheme_requeries_disagreements_over_http_and_resumes(tmp_path, te
 
     argv = ["scienceqa", "combine", "--scheme", "judge", "--base-dir", str(FIXTURES), "--answers",
             str(tmp_path / "ours.json"), "--judge-outputs", str(tmp_path / "theirs.json"), "--requery",
-            str(tmp_path / "requery.jsonl"), "--output", str(tmp_path / "combined.json"), "--judge-model", "judge",
-            "--judge-backoff", "0"]
+            str(tmp_path / "requery.jsonl"), "--output", str(tmp_path / "combined.json"), "--judge-model", "judge"]
     with OpenAIServer(final_answer) as server:
         argv += ["--judge-base-url", server.base_url]
         server.inject(Status(500))

@@ -9,8 +9,8 @@ from PIL import Image
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from conftest import reference_path
-from transformers_llava.data_generation.prompts import load_instructions
-from transformers_llava.data_generation.stage1 import to_stage1_sample
+from transformers_llava.formats.instructions import load_instructions
+from transformers_llava.formats.stage1 import to_stage1_sample
 from transformers_llava.training.data import (
     caption_pair,
     drop_too_long,
@@ -147,3 +147,27 @@ def test_loss_mask_matches_the_original_v1_supervision_token_by_token(folder, ti
     supervised = [i for i, label in zip(ids, labels) if label != -100]
     assert processor.tokenizer.decode(supervised) == "A cat.</s> Black.</s> Small.</s>"
     assert all(label == -100 for label, i in zip(labels, ids) if i == processor.image_token_id)
+
+
+def test_encode_conversation_gives_the_original_v1_ids_and_labels_token_by_token(folder, tiny):
+    """The processor's one conversation -> ids path: the same ids and supervision as the original v1 format, the
+    image's tokens where `image_positions` says, and the open assistant turn for generation."""
+    _, processor = tiny
+    record = {"id": "mt", "image": "a.jpg",
+              "conversations": conv("<image>\nWhat is this?", "A cat.", "Color?", "Black.", "Size?", "Small.")}
+    dataset, _ = load_llava_json(write(folder, [record]), folder / "img")
+    encoded = processor.encode_conversation(dataset[0]["messages"], dataset[0]["images"])
+    system = reference_path("paper", "CONVERSATIONS.md").read_text().split("```\n")[1].split(" USER:")[0]
+    text = (f"{system} USER: " + "<image>" * 16 + "\nWhat is this? ASSISTANT: A cat.</s>USER: Color? "
+            "ASSISTANT: Black.</s>USER: Size? ASSISTANT: Small.</s>")
+    assert encoded.input_ids.tolist() == processor.tokenizer(text)["input_ids"]
+    assert (encoded.labels != -100).tolist() == original_v1_labels(text, processor.tokenizer)
+    assert (encoded.labels[encoded.labels != -100] == encoded.input_ids[encoded.labels != -100]).all()
+    (start,) = encoded.image_positions.tolist()
+    assert (encoded.input_ids[start: start + 16] == processor.image_token_id).all()
+    assert (encoded.input_ids == processor.image_token_id).sum() == 16
+    prompt = processor.encode_conversation(dataset[0]["messages"][:1], add_generation_prompt=True)
+    assert prompt.text.endswith("What is this? ASSISTANT:") and (prompt.labels == -100).all()
+    assert prompt.input_ids.tolist() == encoded.input_ids[: len(prompt.input_ids)].tolist()
+    with pytest.raises(ValueError, match=r"Sample mt: 2 image\(s\) but 1 image part"):
+        processor.encode_conversation(dataset[0]["messages"], ["a.jpg", "b.jpg"], sample_id="mt")

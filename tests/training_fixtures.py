@@ -17,7 +17,7 @@ from PIL import Image
 
 from transformers_llava.builder import build_llava
 from transformers_llava.tiny import save_tiny_towers
-from transformers_llava.data_generation.prompts import load_instructions
+from transformers_llava.formats.instructions import load_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

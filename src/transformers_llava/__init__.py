@@ -33,7 +33,6 @@ from .modeling_llava import (
 )
 from .packed_attention import PACKED_SDPA
 from .processing_llava import TransformersLlavaProcessor
-from .training import model_card as _model_card
 
 __version__ = "0.1.0"
 
@@ -65,9 +64,6 @@ def _register() -> None:
 
 
 _register()
-_model_card.register()  # every save_pretrained / push_to_hub writes the LLaVA model card
-
-from . import checkpoints  # noqa: E402,F401  (registers the loaders of original LLaVA and llava-hf checkpoints)
 
 __all__ = [
     "LlavaConfig",

@@ -4,9 +4,9 @@
     chat.ask("What is unusual about this image?", images=[Image.open("ironing.jpg")])
     chat.ask("Why might he be doing that?")        # no image re-encoding, no re-reading of earlier turns
 
-The conversation so far is kept as the exact token ids the model read and wrote, with their keys and values in the
-cache (an answer cut by `max_new_tokens` is closed with the stop token the template puts after it). A new turn
-appends only its own tokens — tokenised in context, as they are when the whole conversation is tokenised — and the
+Every turn goes through `processor.encode_conversation`, the one path from messages to ids. The conversation so
+far is kept as the exact token ids the model read and wrote, with their keys and values in the cache (an answer cut
+by `max_new_tokens` is closed with the stop token the template puts after it). A new turn appends only its own tokens — tokenised in context, as they are when the whole conversation is tokenised — and the
 model runs on those alone; only images of the new turn are encoded. The first turn, or a template that does not
 render a conversation as an extension of its earlier turns, re-tokenises instead and reuses the cache for the longest
 shared prefix, never splitting an image.
@@ -15,11 +15,6 @@ shared prefix, never splitting an image.
 import numpy as np
 import torch
 from transformers import DynamicCache
-
-
-def expand_image_tokens(ids: np.ndarray, image_token_id: int, tokens_per_image: int) -> np.ndarray:
-    """Repeat each image placeholder id into the tower's token count."""
-    return np.repeat(ids, np.where(ids == image_token_id, tokens_per_image, 1))
 
 
 def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -41,32 +36,24 @@ class LlavaChat:
         self.rendered = ""  # the conversation's text, when `ids` are exactly its tokens up to a finished answer
         self.generate_kwargs = {"do_sample": False, "max_new_tokens": 256, **generate_kwargs}
 
-    def _expand(self, ids) -> torch.Tensor:
-        ids = np.asarray(ids, dtype=np.int64)
-        return torch.from_numpy(expand_image_tokens(ids, self.processor.image_token_id,
-                                                    self.processor.tokens_per_image))
-
-    def _continuation(self, prompt: str) -> torch.Tensor | None:
+    def _continuation(self, encoded) -> torch.Tensor | None:
         """The new turn's tokens as they fall in the whole conversation's tokenisation, or None when they cannot be
         separated cleanly from what is already cached."""
-        if not self.rendered or not prompt.startswith(self.rendered):
+        if not self.rendered or not encoded.text.startswith(self.rendered):
             return None
-        encoding = self.processor.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-        starts = [start for start, end in encoding["offset_mapping"]]
-        if len(self.rendered) not in starts:
+        boundary = np.flatnonzero(encoded.offsets[:, 0] == len(self.rendered))
+        if not len(boundary):
             return None  # a token straddles the boundary
-        return self._expand(encoding["input_ids"][starts.index(len(self.rendered)):])
+        return torch.from_numpy(encoded.input_ids[boundary[0]:])
 
-    def _retokenised(self, prompt: str) -> tuple[torch.Tensor, int, int]:
-        """The whole conversation tokenised again; returns (ids, tokens reusable from the cache, first image to
-        encode)."""
-        ids = self._expand(self.processor.tokenizer(prompt)["input_ids"])  # BOS added, as the processor does
+    def _retokenised(self, encoded) -> tuple[torch.Tensor, int, int]:
+        """The whole conversation's ids; returns (ids, tokens reusable from the cache, first image to encode)."""
+        ids = torch.from_numpy(encoded.input_ids)
         reuse = min(common_prefix(ids, self.ids[: self.cache.get_seq_length()]), len(ids) - 1)
         first_new_image = len(self.images)
         if self.images:  # never split an image: recompute from the first image not wholly in the cache
-            per_image = self.processor.tokens_per_image
-            starts = (ids == self.processor.image_token_id).nonzero().flatten()[::per_image]
-            first_new_image = int((starts + per_image <= reuse).sum())
+            starts = torch.from_numpy(encoded.image_positions)
+            first_new_image = int((starts + self.processor.tokens_per_image <= reuse).sum())
             if first_new_image < len(self.images):
                 reuse = min(reuse, int(starts[first_new_image]))
         return ids, reuse, first_new_image
@@ -75,12 +62,12 @@ class LlavaChat:
         images = list(images or [])
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": content})
-        prompt = self.processor.apply_chat_template(self.messages, add_generation_prompt=True)
-        new = self._continuation(prompt)
+        encoded = self.processor.encode_conversation(self.messages, add_generation_prompt=True)
+        new = self._continuation(encoded)
         if new is not None:
             ids, reuse, first_new_image = torch.cat([self.ids, new]), self.cache.get_seq_length(), len(self.images)
         else:
-            ids, reuse, first_new_image = self._retokenised(prompt)
+            ids, reuse, first_new_image = self._retokenised(encoded)
         self.images += images
         self.cache.crop(-(self.cache.get_seq_length() - reuse))  # a negative count removes that many tokens
         inputs = {"input_ids": ids[None], "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
@@ -97,7 +84,7 @@ class LlavaChat:
         answer = (answer.rstrip()[: -len(stops[0])] if stops else answer).strip()
         self.messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         self.ids = torch.cat([output[0], self._closing(answer_ids, stops, stop_strings)])
-        self.rendered = self.processor.apply_chat_template(self.messages)
+        self.rendered = self.processor.encode_conversation(self.messages).text
         return answer
 
     def _closing(self, answer_ids: torch.Tensor, stops: list[str], stop_strings: list[str]) -> torch.Tensor:
@@ -111,4 +98,4 @@ class LlavaChat:
         return torch.tensor([self.processor.tokenizer.eos_token_id])
 
 
-__all__ = ["LlavaChat", "expand_image_tokens"]
+__all__ = ["LlavaChat"]

@@ -1,25 +1,25 @@
 """The project's chat-completions client: one `.complete(messages) -> ChatResult` for every text-only LLM call.
 
-Two backends share that interface — any OpenAI-compatible `/chat/completions` endpoint over HTTP, and a local
-transformers text-generation model — plus what a batch of calls needs: a thread-safe rate limiter, retries with
-backoff, token accounting with a cost estimate, and `run_concurrently` to fan a stream of items out to threads.
-The instruction-data pipeline (`transformers_llava.data_generation`) and the evaluation judge both use it.
+Two backends share that interface — any OpenAI-compatible `/chat/completions` endpoint through the `openai`
+client (which does the HTTP, the timeouts, the retries with backoff and `Retry-After`), and a local transformers
+text-generation model — plus what a batch of calls needs: a thread-safe rate limiter, token accounting with a cost
+estimate, and `run_concurrently` to fan a stream of items out to threads. The instruction-data pipeline
+(`transformers_llava.data_generation`) and the evaluation judge both use it, each with its resumable record store
+above it.
 
     from transformers_llava.chat_client import OpenAIChatClient
     client = OpenAIChatClient(requests_per_minute=60)   # OPENAI_BASE_URL, OPENAI_API_KEY, OPENAI_MODEL
     result = client.complete([{"role": "user", "content": "Hi"}], temperature=0.2, max_tokens=64)
     print(result.text, client.usage.summary(prompt_price=2.5, completion_price=10.0))
 
-Environment: `OPENAI_BASE_URL` (default https://api.openai.com/v1), `OPENAI_API_KEY` (sent as a Bearer token when
-set; local servers usually need none) and `OPENAI_MODEL` (required when `model=` is not given).
+Environment: `OPENAI_BASE_URL` (default https://api.openai.com/v1), `OPENAI_API_KEY` (sent as a Bearer token; local
+servers usually need none, and get the placeholder `EMPTY`) and `OPENAI_MODEL` (required when `model=` is not given).
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,11 +27,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import openai
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 BASE_URL_ENV, API_KEY_ENV, MODEL_ENV = "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"
 BODY_EXCERPT = 300  # characters of a failing response body quoted in errors
+NO_API_KEY = "EMPTY"  # what OpenAI-compatible local servers (vLLM, SGLang, ...) expect when they check no key
 
 
 @dataclass
@@ -48,18 +49,15 @@ class ChatClientError(RuntimeError):
     """A request that failed for good: a non-retryable status, or every retry used up."""
 
 
-class RetryableResponse(Exception):
-    """A failed attempt worth retrying; `retry_after` is the server's hint in seconds, if any."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
+class MalformedResponse(Exception):
+    """A 200 response that is no chat completion (a proxy's HTML page, no choices, null content): worth a retry."""
 
 
 @dataclass
 class TokenUsage:
     """Running totals over many calls (thread-safe); prices are per 1M tokens, as providers quote them.
-    `retries` counts failed attempts that were tried again (timeouts, 429, 5xx, malformed responses)."""
+    `retries` counts failed attempts that were tried again (timeouts, connection errors, 429, 5xx, malformed
+    responses)."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -83,9 +81,9 @@ class TokenUsage:
             self.prompt_tokens += result.prompt_tokens
             self.completion_tokens += result.completion_tokens
 
-    def add_retry(self) -> None:
+    def add_retries(self, count: int) -> None:
         with self._lock:
-            self.retries += 1
+            self.retries += count
 
     def cost(self, prompt_price: float, completion_price: float) -> float:
         """Estimated cost in the prices' currency, given prices per 1M prompt / completion tokens."""
@@ -121,105 +119,102 @@ class RateLimiter:
         time.sleep(max(0.0, slot - time.monotonic()))
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def parse_completion(body: str) -> ChatResult:
-    """A chat-completions response body -> ChatResult; RetryableResponse when it is not one (garbage, no choices)."""
+    """A chat-completions response body -> ChatResult; MalformedResponse when it is not one (garbage, no choices)."""
     try:
         data = json.loads(body)
     except json.JSONDecodeError as error:
-        raise RetryableResponse(f"response is not JSON ({error}): {body[:BODY_EXCERPT]!r}") from None
+        raise MalformedResponse(f"response is not JSON ({error}): {body[:BODY_EXCERPT]!r}") from None
     try:
         text = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
-        raise RetryableResponse(f"response has no choices[0].message.content: {body[:BODY_EXCERPT]!r}") from None
+        raise MalformedResponse(f"response has no choices[0].message.content: {body[:BODY_EXCERPT]!r}") from None
     if not isinstance(text, str):
-        raise RetryableResponse(f"choices[0].message.content is {type(text).__name__}, not text: "
+        raise MalformedResponse(f"choices[0].message.content is {type(text).__name__}, not text: "
                                 f"{body[:BODY_EXCERPT]!r}")
     usage = data.get("usage") or {}
     return ChatResult(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), data)
 
 
 class OpenAIChatClient:
-    """An OpenAI-compatible chat-completions endpoint, with retries, backoff and a rate limit.
+    """An OpenAI-compatible chat-completions endpoint through the `openai` client, with a rate limit.
 
-    Retried: timeouts, connection errors, 429, 5xx, and 200 responses that are not a chat completion. The wait
-    before retry n (1-based) is `backoff * 2**(n-1)` with jitter, or the server's Retry-After, capped at
-    `max_backoff`. Other 4xx (bad key, bad request) fail at once. `max_retries` retries follow the first attempt.
+    The `openai` client sends the request with `timeout` and retries timeouts, connection errors, 408/409/429 and 5xx
+    with its exponential backoff, or after the server's `Retry-After` (up to two minutes; a longer one is not waited
+    for). On top of it, a 200 response that is not a chat completion is retried here. `max_retries` retries follow
+    the first attempt, in all; other 4xx (bad key, bad request) fail at once. Every attempt waits its turn in the
+    rate limit. Extra `complete` parameters go into the request body as they are.
     """
 
     def __init__(self, base_url: str | None = None, model: str | None = None, api_key: str | None = None,
-                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 1.0, max_backoff: float = 30.0,
-                 requests_per_minute: float | None = None):
+                 timeout: float = 60.0, max_retries: int = 5, requests_per_minute: float | None = None):
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
         self.model = model or os.environ.get(MODEL_ENV)
         if not self.model:
             raise ValueError(f"no model name: pass model=... or set {MODEL_ENV}")
+        if max_retries < 0 or timeout <= 0:
+            raise ValueError(f"max_retries must be >= 0 and timeout > 0, got {max_retries} and {timeout}")
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        if max_retries < 0 or backoff < 0 or max_backoff < 0:
-            raise ValueError(f"max_retries, backoff and max_backoff must be >= 0, got {max_retries}, {backoff}, "
-                             f"{max_backoff}")
         self.model_name = self.model  # the name both backends expose, for reports and run records
         self.url = f"{self.base_url}/chat/completions"
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.timeout, self.max_retries = timeout, max_retries
         self.usage = TokenUsage()
         self.rate_limiter = RateLimiter(requests_per_minute)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers)
+        self._attempts = threading.local()  # attempts of the call running on this thread
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_attempt]})
+        self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or NO_API_KEY, timeout=timeout,
+                                     max_retries=max_retries, http_client=http)
+
+    def _on_attempt(self, request) -> None:
+        """Runs on the calling thread before every HTTP attempt, the `openai` client's retries included."""
+        self.rate_limiter.acquire()
+        self._attempts.count += 1
 
     def complete(self, messages: list[dict], **params: Any) -> ChatResult:
         """Send `messages` (OpenAI format) with extra body `params` (temperature, max_tokens, ...)."""
-        payload = {"model": self.model, "messages": messages, **params}
-        attempts = self.max_retries + 1
-        for attempt in range(1, attempts + 1):
-            self.rate_limiter.acquire()
-            try:
-                result = self._attempt(payload)
-                break
-            except RetryableResponse as failure:
-                if attempt == attempts:
-                    raise ChatClientError(f"POST {self.url} failed after {attempts} attempts; last: {failure}"
-                                          ) from None
-                self.usage.add_retry()
-                time.sleep(self._delay(attempt, failure.retry_after))
+        self._attempts.count = 0
+        budget = self.max_retries + 1
+        try:
+            while True:
+                try:
+                    result = parse_completion(self._post(messages, params, retries=budget - 1 - self._attempts.count))
+                    break
+                except MalformedResponse as failure:
+                    if self._attempts.count >= budget:
+                        raise ChatClientError(f"POST {self.url} failed after {self._attempts.count} attempts; "
+                                              f"last: {failure}") from None
+                    time.sleep(min(0.5 * 2 ** (self._attempts.count - 1), 8.0))  # as the openai client backs off
+        finally:
+            self.usage.add_retries(max(self._attempts.count - 1, 0))
         self.usage.add(result)
         return result
 
-    def _attempt(self, payload: dict) -> ChatResult:
+    def _post(self, messages: list[dict], params: dict, retries: int) -> str:
+        """The response body of one request (with up to `retries` retries by the `openai` client)."""
+        client = self._client.with_options(max_retries=retries)
         try:
-            response = self._http.post(self.url, json=payload)
-        except httpx.TimeoutException as error:
-            raise RetryableResponse(f"timed out after {self._http.timeout.read}s ({type(error).__name__})") from None
-        except httpx.TransportError as error:
-            raise RetryableResponse(f"connection error: {type(error).__name__}: {error}") from None
-        body = response.text
-        if response.status_code == 429 or response.status_code >= 500:
-            raise RetryableResponse(f"HTTP {response.status_code}: {body[:BODY_EXCERPT]!r}",
-                                    parse_retry_after(response.headers.get("retry-after")))
-        if response.status_code >= 400:
-            raise ChatClientError(f"POST {self.url} -> HTTP {response.status_code} (not retried): "
-                                  f"{body[:BODY_EXCERPT]!r}")
-        return parse_completion(body)
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff)
-        return min(self.backoff * 2 ** (attempt - 1), self.max_backoff) * random.uniform(0.5, 1.0)
+            response = client.chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, extra_body=params)
+        except openai.APIStatusError as error:
+            body = error.response.text[:BODY_EXCERPT]
+            code = error.status_code
+            if code in (408, 409, 429) or code >= 500:
+                retry_after = error.response.headers.get("retry-after")
+                hint = f" (the server asked to wait {retry_after} s)" if retry_after else ""
+                raise ChatClientError(f"POST {self.url} failed after {self._attempts.count} attempts; last: "
+                                      f"HTTP {code}{hint}: {body!r}") from None
+            raise ChatClientError(f"POST {self.url} -> HTTP {code} (not retried): {body!r}") from None
+        except openai.APITimeoutError:
+            raise ChatClientError(f"POST {self.url} failed after {self._attempts.count} attempts; last: timed out "
+                                  f"after {self.timeout}s") from None
+        except openai.APIConnectionError as error:
+            cause = error.__cause__ or error
+            raise ChatClientError(f"POST {self.url} failed after {self._attempts.count} attempts; last: connection "
+                                  f"error: {type(cause).__name__}: {cause}") from None
+        return response.http_response.text
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
     def __enter__(self) -> OpenAIChatClient:
         return self
@@ -343,5 +338,5 @@ def run_concurrently(fn: Callable[[Any], Any], items: Iterable, concurrency: int
 
 __all__ = [
     "ChatResult", "ChatClientError", "TokenUsage", "RateLimiter", "OpenAIChatClient", "TransformersChatClient",
-    "Outcome", "run_concurrently", "parse_retry_after", "parse_completion",
+    "Outcome", "run_concurrently", "parse_completion",
 ]

@@ -21,7 +21,7 @@ from trl import SFTConfig
 
 from .builder import build_llava
 from .synthetic import BACKGROUND, CHANCE, vocabulary, write_synthetic_task
-from .data_generation.prompts import load_instructions
+from .formats.instructions import load_instructions
 from .tiny import save_tiny_towers
 from .training.data import load_captions, load_llava_json
 from .training.trainer import make_trainer

@@ -20,6 +20,7 @@ from transformers.cache_utils import Cache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import slice_logits_to_keep
 
 from .configuration_llava import MODEL_TYPE, TransformersLlavaConfig, projector_depth
 
@@ -38,15 +39,17 @@ register_checkpoint_conversion_mapping(
     overwrite=True,
 )
 
-# Loaders for checkpoints in other layouts (the original LLaVA releases, llava-hf). The installed package appends
-# to this list; each takes `(cls, path, *args, **kwargs)` and returns a model, or None when the path is not its
-# format. Remote-code copies of this file (no package installed) load only this package's own format.
-FOREIGN_CHECKPOINT_LOADERS: list = []
 
-# Called as `callback(model, directory, repo_id=None)` once a checkpoint is written (the installed package writes
-# its model card here). `push_to_hub` writes transformers' generic README.md after saving, so the callbacks run
-# again on the folder about to be uploaded. Remote-code copies of this file (no package) have none.
-AFTER_SAVE_CALLBACKS: list = []
+
+def package_checkpoints():
+    """`transformers_llava.checkpoints`: loaders of the other checkpoint layouts (original LLaVA releases, llava-hf),
+    the model card and the training record. None where this file runs as a checkpoint's remote code on a machine
+    without the package: such a copy loads and saves this package's own format only."""
+    try:
+        import transformers_llava.checkpoints as checkpoints
+    except ImportError:
+        return None
+    return checkpoints
 
 
 @dataclass
@@ -251,12 +254,20 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a checkpoint of this package, or of any layout a registered foreign-format loader recognises."""
-        for loader in FOREIGN_CHECKPOINT_LOADERS:
-            model = loader(cls, pretrained_model_name_or_path, *args, **kwargs)
-            if model is not None:
-                return model
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        """Load a checkpoint of this package with its training record (`training_record.json`), or an original
+        LLaVA release or llava-hf checkpoint, converted as it loads (`checkpoints.loaders.load_foreign_model`)."""
+        checkpoints = package_checkpoints()
+        if checkpoints is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = checkpoints.load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs)
+        if model is not None:
+            return model
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        record = None if pretrained_model_name_or_path is None else \
+            checkpoints.read_training_record(pretrained_model_name_or_path, **kwargs)
+        if record is not None:
+            checkpoints.set_provenance(model.config, record)
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also map `AutoModel` (the backbone) in the saved `auto_map`, for loading without the package."""
@@ -266,15 +277,18 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         # a plain `load_state_dict` then reads them back, which is what Trainer's `resume_from_checkpoint` does
         # (transformers#43701). The renames registered above still load checkpoints in the older layout.
         kwargs.setdefault("save_original_format", False)
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", args[0] if args else True):
-            for callback in AFTER_SAVE_CALLBACKS:
-                callback(self, save_directory)
+        checkpoints = package_checkpoints()
+        # The training record goes to its own file, not into config.json (`checkpoints.training_record`).
+        with checkpoints.kept_out_of_config(self.config) if checkpoints else nullcontext():
+            result = super().save_pretrained(save_directory, *args, **kwargs)
+        if checkpoints is not None and kwargs.get("is_main_process", args[0] if args else True):
+            checkpoints.write_checkpoint_files(self, save_directory)  # training_record.json and README.md
         return result
 
     def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        for callback in AFTER_SAVE_CALLBACKS:  # replaces the generic README.md push_to_hub has just written
-            callback(self, working_dir, repo_id=repo_id)
+        checkpoints = package_checkpoints()
+        if checkpoints is not None:  # our card replaces the generic README.md push_to_hub has just written
+            checkpoints.write_model_card(self, working_dir, repo_id=repo_id)
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
     def get_input_embeddings(self):
@@ -305,12 +319,10 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        loss_only: bool = False,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
-        """`loss_only=True` (training) evaluates the LM head only at positions whose next token is supervised and
-        returns the loss without logits: image, prompt and padding positions never reach the vocabulary matmul."""
-        num_items_in_batch = kwargs.pop("num_items_in_batch", None) if loss_only else None
+        """`logits_to_keep`: as in transformers (`slice_logits_to_keep`); a boolean `[B, L]` mask gives logits
+        `[N_kept, V]` at those positions only (training's loss, see `training/trainer.py`)."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -323,21 +335,7 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
             mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state  # [B, L, D_llm]
-        if loss_only:
-            if labels is None:
-                raise ValueError("loss_only=True needs labels.")
-            targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
-            keep = targets != -100
-            logits = self.lm_head(hidden[:, :-1][keep]).float()  # [N_supervised, V]
-            denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
-            loss = nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / denominator
-            return LlavaCausalLMOutputWithPast(loss=loss, past_key_values=outputs.past_key_values,
-                                               image_hidden_states=outputs.image_hidden_states)
-        if isinstance(logits_to_keep, int):
-            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        else:
-            hidden = hidden[:, logits_to_keep]
+        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # [B, L', D_llm] or [N_kept, D_llm]
         logits = self.lm_head(hidden)  # [B, L', V]
         loss = None
         if labels is not None:

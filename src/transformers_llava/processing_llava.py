@@ -8,12 +8,42 @@ This file is also shipped inside saved checkpoints as remote code, so it imports
 image processing file beside it.
 """
 
+from dataclasses import dataclass
+
+import numpy as np
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils.chat_template_utils import render_jinja_template
 
-# Loaders for processors of other checkpoint layouts (the original LLaVA releases, llava-hf); see
-# `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`. Each takes `(cls, path, **kwargs)` and returns a processor or None.
-FOREIGN_PROCESSOR_LOADERS: list = []
+IGNORE_INDEX = -100  # label of a token that carries no loss
+
+
+
+def package_checkpoints():
+    """`transformers_llava.checkpoints` (loaders of the original LLaVA releases and llava-hf), or None where this file
+    runs as a checkpoint's remote code on a machine without the package."""
+    try:
+        import transformers_llava.checkpoints as checkpoints
+    except ImportError:
+        return None
+    return checkpoints
+
+
+@dataclass
+class EncodedConversation:
+    """One conversation as the model reads it (see `TransformersLlavaProcessor.encode_conversation`).
+
+    `input_ids`, `labels`: `[L]` int64, every image expanded into its tokens; labels are `IGNORE_INDEX` except on
+    the answers and their stop tokens. `image_positions`: `[N_img]`, the index of each image's first token.
+    `text`: the rendered conversation (one `<image>` per image). `offsets`: `[L, 2]`, the characters of `text` each
+    token covers (`[0, 0]` for an added BOS; every token of an image covers its one placeholder).
+    """
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    image_positions: np.ndarray
+    text: str
+    offsets: np.ndarray
 
 
 class TransformersLlavaProcessor(ProcessorMixin):
@@ -75,12 +105,12 @@ class TransformersLlavaProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a processor saved by this package, or of any layout a registered foreign-format loader recognises."""
-        for loader in FOREIGN_PROCESSOR_LOADERS:
-            processor = loader(cls, pretrained_model_name_or_path, **kwargs)
-            if processor is not None:
-                return processor
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        """Load a processor saved by this package, or of an original LLaVA release or llava-hf checkpoint
+        (`checkpoints.loaders.load_foreign_processor`)."""
+        checkpoints = package_checkpoints()
+        processor = checkpoints.load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs) \
+            if checkpoints is not None else None
+        return processor if processor is not None else super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Tokens one processed image of `height x width` pixels becomes in the text."""
@@ -94,6 +124,64 @@ class TransformersLlavaProcessor(ProcessorMixin):
         """Tokens every image becomes: the image processor outputs `crop_size` pixels, whatever the input size."""
         crop = self.image_processor.crop_size
         return self.num_image_tokens(crop["height"], crop["width"])
+
+    def encode_conversation(self, messages: list[dict], images: list | None = None, *, chat_template: str | None = None,
+                            add_generation_prompt: bool = False, tokens_per_image: int | None = None,
+                            sample_id=None) -> EncodedConversation:
+        """One conversation -> ids, labels and image positions: the single path from chat messages to what the model
+        reads, shared by training (collator, length filter), the chat, evaluation and serving.
+
+            encoded = processor.encode_conversation(
+                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}],
+                images=["cat.jpg"])        # only counted, never opened: pixel values are the image processor's job
+            encoded.input_ids              # [BOS] SYSTEM USER: <image>*576 \nWhat is this? ASSISTANT: A cat.</s>
+            encoded.labels                 # -100 everywhere but "A cat.</s>"
+            encoded.image_positions        # [first index of the image's 576 tokens]
+
+        The text is rendered with the chat template (`chat_template`: a template or the name of one of the
+        processor's, else its default) and tokenised once with one placeholder per image, which is then repeated
+        into `tokens_per_image` tokens (default: `self.tokens_per_image`). Labels supervise exactly the tokens
+        inside the template's `{% generation %}` spans (each answer and its stop token, as the original LLaVA
+        did); image tokens never. BOS follows `__call__`'s rule: one is added unless the text starts with it.
+        `images` (paths or images), when given, must match the conversation's image parts; `sample_id` names the
+        sample in errors. `add_generation_prompt=True` ends with the open assistant turn, for generation.
+        """
+        name = "This conversation" if sample_id is None else f"Sample {sample_id}"
+        if images is not None:
+            parts = sum(part.get("type") == "image" for message in messages
+                        if not isinstance(message["content"], str) for part in message["content"])
+            parts += sum(message["content"].count(self.image_token) for message in messages
+                         if isinstance(message["content"], str))
+            if parts != len(images):
+                raise ValueError(f"{name}: {len(images)} image(s) but {parts} image part(s) in its messages.")
+        tokenizer = self.tokenizer
+        (text,), (spans,) = render_jinja_template(
+            [messages], chat_template=self._resolve_chat_template(chat_template),
+            add_generation_prompt=add_generation_prompt, return_assistant_tokens_mask=True,
+            **tokenizer.special_tokens_map)
+        bos = getattr(tokenizer, "bos_token", None)
+        encoding = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)), return_offsets_mapping=True)
+        ids = np.asarray(encoding["input_ids"], dtype=np.int64)
+        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+        supervised = np.zeros(len(ids), dtype=bool)
+        for start, end in spans:  # tokens overlapping an answer span (added special tokens have empty offsets)
+            supervised |= (offsets[:, 0] < end) & (offsets[:, 1] > start) & (offsets[:, 1] > offsets[:, 0])
+        is_image = ids == self.image_token_id
+        if images is not None and is_image.sum() != len(images):
+            raise ValueError(f"{name}: the rendered text holds {is_image.sum()} {self.image_token} for "
+                             f"{len(images)} image(s).")
+        per_image = self.tokens_per_image if tokens_per_image is None else tokens_per_image
+        repeats = np.where(is_image, per_image, 1)
+        expanded_is_image = np.repeat(is_image, repeats)
+        starts = np.cumsum(repeats) - repeats  # where each original token lands once images are expanded
+        return EncodedConversation(
+            input_ids=np.repeat(ids, repeats),
+            labels=np.where(expanded_is_image | ~np.repeat(supervised, repeats), IGNORE_INDEX, np.repeat(ids, repeats)),
+            image_positions=starts[is_image],
+            text=text,
+            offsets=np.repeat(offsets, repeats, axis=0),
+        )
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         height, width = image_inputs["pixel_values"][image_idx].shape[-2:]
@@ -150,4 +238,4 @@ if not __name__.startswith("transformers_llava."):
         pass
 
 
-__all__ = ["TransformersLlavaProcessor"]
+__all__ = ["TransformersLlavaProcessor", "EncodedConversation", "IGNORE_INDEX"]

@@ -1,7 +1,7 @@
 """Checkpoints in every layout LLaVA has been released in, loaded directly, and written as llava-hf or ours.
 
-Importing `transformers_llava` imports this package, which registers its loaders with
-`LlavaForConditionalGeneration.from_pretrained` and `LlavaProcessor.from_pretrained`:
+`LlavaForConditionalGeneration.from_pretrained` and `LlavaProcessor.from_pretrained` call its loaders, and
+`save_pretrained` writes the checkpoint's model card and training record with it:
 
     from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
     model = LlavaForConditionalGeneration.from_pretrained("llava-v1.5-7b", vision_tower="clip-vit-large-patch14-336")
@@ -13,17 +13,12 @@ Importing `transformers_llava` imports this package, which registers its loaders
 Command line: `transformers-llava convert SRC DST --to llava-hf` (see `checkpoints/cli.py`).
 """
 
-from ..modeling_llava import FOREIGN_CHECKPOINT_LOADERS
-from ..processing_llava import FOREIGN_PROCESSOR_LOADERS
 from .detect import KINDS, Layout, UnknownLayoutError, detect_layout
 from .loaders import load_foreign_model, load_foreign_processor
+from .model_card import record_evaluation, write_checkpoint_files, write_model_card
 from .safe_load import CheckpointError
+from .training_record import kept_out_of_config, provenance, read_training_record, set_provenance
 from .writer import save_llava_hf, save_ours
-
-if load_foreign_model not in FOREIGN_CHECKPOINT_LOADERS:
-    FOREIGN_CHECKPOINT_LOADERS.append(load_foreign_model)
-if load_foreign_processor not in FOREIGN_PROCESSOR_LOADERS:
-    FOREIGN_PROCESSOR_LOADERS.append(load_foreign_processor)
 
 __all__ = [
     "detect_layout",
@@ -33,4 +28,13 @@ __all__ = [
     "UnknownLayoutError",
     "save_llava_hf",
     "save_ours",
+    "load_foreign_model",
+    "load_foreign_processor",
+    "write_checkpoint_files",
+    "write_model_card",
+    "record_evaluation",
+    "read_training_record",
+    "provenance",
+    "set_provenance",
+    "kept_out_of_config",
 ]

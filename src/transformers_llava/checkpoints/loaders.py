@@ -118,7 +118,7 @@ def convert_layout(layout: Layout, options: dict, trust_remote_code: bool = Fals
 
 
 def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
-    """Registered in `modeling_llava.FOREIGN_CHECKPOINT_LOADERS`: a model for foreign layouts, else None."""
+    """Called by `LlavaForConditionalGeneration.from_pretrained`: a model for foreign layouts, else None."""
     options, rest = split_options(kwargs)
     layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest))
     if layout is None:
@@ -133,7 +133,7 @@ def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
 
 
 def load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs):
-    """Registered in `processing_llava.FOREIGN_PROCESSOR_LOADERS`: a processor for foreign layouts, else None."""
+    """Called by `LlavaProcessor.from_pretrained`: a processor for foreign layouts, else None."""
     options, rest = split_options(kwargs)
     layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest), processor_only=True)
     if layout is None:

@@ -7,6 +7,7 @@
   file size first, so a truncated download fails naming the shard and the missing bytes.
 - `.bin` files go through `torch.load(weights_only=True)`, which refuses to run code from the pickle. Files that need
   more than that load only with `allow_pickle=True`, an explicit statement that the file is trusted.
+- Reading itself is huggingface_hub's `load_state_dict_from_file`; the checks above and the messages are ours.
 - A sharded checkpoint's index must list shards that exist, and every tensor it names must be in its shard.
 """
 
@@ -19,8 +20,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+from huggingface_hub import load_state_dict_from_file
 from safetensors import SafetensorError
-from safetensors.torch import load_file as load_safetensors
 from tqdm.auto import tqdm
 
 SAFE_INDEX, BIN_INDEX = "model.safetensors.index.json", "pytorch_model.bin.index.json"
@@ -113,7 +114,7 @@ def load_weight_file(path: str | os.PathLike, allow_pickle: bool = False) -> dic
     if path.suffix == ".safetensors":
         check_safetensors_size(path)
         try:
-            return load_safetensors(path)
+            return load_state_dict_from_file(path, map_location="cpu")
         except SafetensorError as err:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     state = _load_pickle(path, allow_pickle)
@@ -130,7 +131,8 @@ def load_weight_file(path: str | os.PathLike, allow_pickle: bool = False) -> dic
 
 def _load_pickle(path: Path, allow_pickle: bool):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        return load_state_dict_from_file(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path),
+                                         safe=False)
     except pickle.UnpicklingError as err:
         if not allow_pickle:
             raise CheckpointError(
@@ -139,7 +141,7 @@ def _load_pickle(path: Path, allow_pickle: bool):
                 "--allow-pickle); better, convert it once to safetensors."
             ) from err
         warnings.warn(f"Loading {path} with full pickle support (allow_pickle=True): only do this for trusted files.")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return load_state_dict_from_file(path, map_location="cpu", weights_only=False, safe=False)
     except (RuntimeError, EOFError, OSError) as err:
         size = path.stat().st_size
         raise CheckpointError(

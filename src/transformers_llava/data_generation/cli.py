@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from .conversations import IMAGE_POSITIONS
+from ..formats.llava_json import IMAGE_POSITIONS
 from .prompts import DATA_TYPES
 
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from datasets import Dataset
 
 from ..chat_client import ChatClientError, ChatResult, TokenUsage, run_concurrently
-from .conversations import ImagePosition, keyed_rng, to_conversations, write_llava_json
+from ..formats.instructions import load_instructions
+from ..formats.llava_json import ImagePosition, keyed_rng, to_conversations, write_llava_json
 from .parsing import ResponseRejected, parse_response
 from .progress import datasets_progress
-from .prompts import DATA_TYPES, build_messages, check_data_type, load_instructions, load_prompt_set
+from .prompts import DATA_TYPES, build_messages, check_data_type, load_prompt_set
 from ..record_store import RecordStore
 from .symbolic import format_context
 

@@ -1,4 +1,4 @@
-"""The released prompts for the three instruction-data types, and the paper's instruction lists (Tables 11/12).
+"""The released prompts for the three instruction-data types (the instruction lists are in `formats.instructions`).
 
 Bundled with the package under `transformers_llava/data/` (copied byte for byte from the LLaVA release), so nothing
 is read from elsewhere at run time.
@@ -8,7 +8,6 @@ is read from elsewhere at run time.
     # [system, (user: few-shot caps, assistant: few-shot response) x N, user: the query]
 """
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -16,7 +15,6 @@ from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 PROMPTS_DIR = DATA_DIR / "prompts"
-INSTRUCTIONS_FILE = DATA_DIR / "instructions.json"
 
 # data type -> whether its symbolic image includes the boxes (paper section 3: conversation sees captions only)
 DATA_TYPES = {"conversation": False, "detail_description": True, "complex_reasoning": True}
@@ -65,10 +63,3 @@ def build_messages(prompt_set: PromptSet, context: str) -> list[dict]:
         messages.append({"role": "assistant", "content": example_response})
     messages.append({"role": "user", "content": context})
     return messages
-
-
-@cache
-def load_instructions(path: str | os.PathLike | None = None) -> dict[str, tuple[str, ...]]:
-    """`{"brief": Table 11 questions, "detailed": Table 12 questions}`."""
-    data = json.loads(Path(path or INSTRUCTIONS_FILE).read_text(encoding="utf-8"))
-    return {name: tuple(data[name]) for name in ("brief", "detailed")}

@@ -1,23 +1,17 @@
-"""Stage-1 (feature alignment) data: each image-caption pair becomes a single-turn instruction (paper section 4.2).
+"""Stage-1 (feature alignment) data: a caption file becomes single-turn instructions (paper section 4.2).
 
-The human asks one of Table 11's brief-description questions, sampled per image from the seed; the answer is the
-caption. The result is the LLaVA JSON the training code loads (the release's `LLaVA-CC3M-Pretrain-595K/chat.json`).
+Each pair becomes `formats.stage1.to_stage1_sample`: one of Table 11's brief-description questions, sampled per
+image from the seed, answered by the caption. The result is the LLaVA JSON the training code loads (the release's
+`LLaVA-CC3M-Pretrain-595K/chat.json`).
 
     count = build_stage1("cc3m_filtered.jsonl", "stage1.json", seed=0)
 """
 
 import os
 
+from ..formats.llava_json import ImagePosition, write_llava_json
+from ..formats.stage1 import to_stage1_sample
 from .captions import caption_dataset
-from .conversations import ImagePosition, keyed_rng, to_conversations, write_llava_json
-from .prompts import load_instructions
-
-
-def to_stage1_sample(pair: dict, seed: int, image_position: ImagePosition) -> dict:
-    """`{"id", "image", "caption"}` -> `{"id", "image", "conversations": [brief question, caption]}`."""
-    question = keyed_rng(seed, pair["id"], "brief").choice(load_instructions()["brief"])
-    turns = to_conversations([(question, pair["caption"])], image_position, keyed_rng(seed, pair["id"], "image"))
-    return {"id": pair["id"], "image": pair["image"], "conversations": turns}
 
 
 def build_stage1(captions_path: str | os.PathLike, output_path: str | os.PathLike, *, seed: int = 0,

@@ -2,7 +2,6 @@
 
 One small module per benchmark and concern:
 
-    scienceqa_data.py       problems.json + pid_splits.json -> LLaVA conversations (the paper's prompt formats)
     scienceqa_scoring.py    answer extraction identical to the original, accuracy, the paper's Table 7
     scienceqa_gpt4.py       the paper's two GPT-4 combination schemes ("complement" and "judge")
     llava_bench_data.py     questions, reference answers, judge context and rules; the judge prompt
@@ -13,5 +12,6 @@ One small module per benchmark and concern:
     judges.py               a judge from arguments: an OpenAI-compatible endpoint or a local transformers model
     cli.py                  `transformers-llava eval llava-bench|scienceqa ...`
 
+ScienceQA's problems become LLaVA conversations in `transformers_llava.formats.scienceqa`, shared with training.
 Run `transformers-llava eval --help` for the commands.
 """

@@ -18,7 +18,8 @@ from pathlib import Path
 from ..chat_client import ChatClientError
 from . import judges
 from .generation import add_generation_arguments, answer_from_args
-from .scienceqa_data import load_llava_records, load_scienceqa, question_text, to_llava_records
+from ..formats.llava_json import read_llava_json
+from ..formats.scienceqa import load_scienceqa, question_text, to_llava_records
 from .scienceqa_gpt4 import SCHEMES, complement, judge
 from .scienceqa_scoring import load_outputs, score, table7, table7_markdown
 
@@ -78,7 +79,7 @@ def run_convert(args) -> int:
 
 
 def run_answer(args) -> int:
-    records = load_llava_records(args.questions)[: args.limit]
+    records = read_llava_json(args.questions)[: args.limit]
     questions = [{"question_id": r["id"], "text": question_text(r), "image": r.get("image")} for r in records]
     return answer_from_args(args, questions, answer_prompter=args.answer_prompter)
 

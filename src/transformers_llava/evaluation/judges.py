@@ -4,8 +4,8 @@
     transformers-llava eval llava-bench review ... --judge-local path/to/causal-lm   # any chat model on disk
 
 Endpoint settings default to the environment (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `OPENAI_MODEL`), read by
-`transformers_llava.chat_client`, which also does the retries with backoff on timeouts, 429, 5xx and malformed
-responses.
+`transformers_llava.chat_client`, whose `openai` client retries timeouts, 429 and 5xx with backoff (malformed
+responses too).
 """
 
 from ..chat_client import OpenAIChatClient, TransformersChatClient
@@ -19,7 +19,6 @@ def add_arguments(parser) -> None:
     group.add_argument("--judge-local", help="a local transformers chat model directory to judge instead")
     group.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per request")
     group.add_argument("--judge-max-retries", type=int, default=5, help="retries of a failed request")
-    group.add_argument("--judge-backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
     group.add_argument("--judge-requests-per-minute", type=float, help="rate limit (default: none)")
     group.add_argument("--judge-temperature", type=float, default=0.2, help="the original used 0.2")
     group.add_argument("--judge-max-tokens", type=int, default=1024, help="the original used 1024")
@@ -31,7 +30,7 @@ def build_client(args):
         return TransformersChatClient(args.judge_local, max_new_tokens=args.judge_max_tokens)
     return OpenAIChatClient(
         base_url=args.judge_base_url, model=args.judge_model, api_key=args.judge_api_key, timeout=args.judge_timeout,
-        max_retries=args.judge_max_retries, backoff=args.judge_backoff,
+        max_retries=args.judge_max_retries,
         requests_per_minute=args.judge_requests_per_minute,
     )
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .jsonl_store import JsonlStore
-from .scienceqa_data import OPTIONS, prompt_pair
+from ..formats.scienceqa import OPTIONS, prompt_pair
 from .scienceqa_scoring import accuracy, answer_letter, extract_answer
 
 SCHEMES = ("complement", "judge")

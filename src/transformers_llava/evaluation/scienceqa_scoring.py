@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from .jsonl_store import JsonlStore
-from .scienceqa_data import OPTIONS
+from ..formats.scienceqa import OPTIONS
 
 ANSWER_PATTERN = re.compile(r"The answer is ([A-Z]).")
 TABLE7_COLUMNS = ("NAT", "SOC", "LAN", "TXT", "IMG", "NO", "G1-6", "G7-12", "Avg")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from transformers.trainer_utils import sort_checkpoints
+
 from .recipes import IGNORED_IN_IDENTITY
 
 RUN_FILE = "llava_run.json"
@@ -40,10 +42,11 @@ def step_of(checkpoint: Path) -> int:
 
 
 def complete_checkpoints(output_dir) -> tuple[list[Path], list[Path]]:
-    """`(complete, incomplete)` checkpoint folders, by step; complete = `trainer_state.json` parses."""
+    """`(complete, incomplete)` checkpoint folders, by step (transformers' `sort_checkpoints`); complete =
+    `trainer_state.json` parses."""
     complete, incomplete = [], []
-    folders = [p for p in Path(output_dir).iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
-    for folder in sorted(folders, key=step_of):
+    folders = [Path(p) for p in sort_checkpoints(os.fspath(output_dir)) if CHECKPOINT.match(Path(p).name)]
+    for folder in folders:
         try:
             json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
             complete.append(folder)

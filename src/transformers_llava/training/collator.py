@@ -5,9 +5,9 @@
     trainer = SFTTrainer(model, args, train_dataset=dataset, processing_class=processor, data_collator=collator)
 
 It gives the same `input_ids` and `labels` as TRL's vision collator with `assistant_only_loss=True` (each answer
-and its stop token supervised, nothing else), computed without expanding `<image>` before tokenising: the text is
-tokenised once with one placeholder per image, labels come from the template's `{% generation %}` spans, and each
-placeholder is then repeated into the tower's token count. Padding-free batches carry `position_ids` and no
+and its stop token supervised, nothing else), from `processor.encode_conversation`: the text is tokenised once with
+one placeholder per image, labels come from the template's `{% generation %}` spans, and each placeholder is then
+repeated into the tower's token count. Padding-free batches carry `position_ids` and no
 `attention_mask`; the model gives each packed sample the hidden states it would have alone.
 """
 
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers.utils.chat_template_utils import render_jinja_template
 
-IGNORE = -100
+from ..processing_llava import IGNORE_INDEX as IGNORE
 
 
 @dataclass
@@ -28,31 +27,11 @@ class LlavaDataCollator:
     chat_template: str | None = None
 
     def encode(self, example: dict, tokens_per_image: int) -> tuple[np.ndarray, np.ndarray]:
-        """One conversation -> (input_ids, labels), images expanded."""
-        processor, tokenizer = self.processor, self.processor.tokenizer
-        messages, images = example["messages"], example.get("images") or []
-        placeholders = sum(part["type"] == "image" for m in messages if not isinstance(m["content"], str)
-                           for part in m["content"])
-        if placeholders != len(images):
-            raise ValueError(f"Sample {example.get('id', '?')}: {len(images)} image(s) but {placeholders} image "
-                             "part(s) in its messages.")
-        (text,), (spans,) = render_jinja_template(
-            [messages], chat_template=self.chat_template or processor.chat_template,
-            return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
-        encoding = tokenizer(text, add_special_tokens=not text.startswith(tokenizer.bos_token or "\0"),
-                             return_offsets_mapping=True)
-        ids = np.asarray(encoding["input_ids"], dtype=np.int64)
-        offsets = np.asarray(encoding["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-        supervised = np.zeros(len(ids), dtype=bool)
-        for start, end in spans:  # tokens overlapping an assistant span (special tokens have empty offsets)
-            supervised |= (offsets[:, 0] < end) & (offsets[:, 1] > start) & (offsets[:, 1] > offsets[:, 0])
-        labels = np.where(supervised, ids, IGNORE)
-        is_image = ids == processor.image_token_id
-        if is_image.sum() != len(images):
-            raise ValueError(f"Sample {example.get('id', '?')}: the rendered text holds {is_image.sum()} "
-                             f"{processor.image_token} for {len(images)} image(s).")
-        repeats = np.where(is_image, tokens_per_image, 1)
-        return np.repeat(ids, repeats), np.where(np.repeat(is_image, repeats), IGNORE, np.repeat(labels, repeats))
+        """One conversation -> (input_ids, labels), images expanded (`processor.encode_conversation`)."""
+        encoded = self.processor.encode_conversation(
+            example["messages"], example.get("images") or [], chat_template=self.chat_template,
+            tokens_per_image=tokens_per_image, sample_id=example.get("id", "?"))
+        return encoded.input_ids, encoded.labels
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         images = [image for example in examples for image in (example.get("images") or [])]

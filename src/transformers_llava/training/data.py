@@ -19,7 +19,7 @@ from typing import Literal
 
 import datasets
 
-from ..data_generation.stage1 import to_stage1_sample
+from ..formats.stage1 import caption_pair, to_stage1_sample
 
 IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -99,12 +99,6 @@ def record_to_example(record: dict, image_folder: str | None = None) -> dict:
     return {"id": str(record.get("id", "")), "messages": messages, "images": images, "problem": problem}
 
 
-def caption_pair(record: dict) -> dict:
-    """A stage-1 record (`{id, image, caption}`, or CC3M's `blip_caption`) in the form `to_stage1_sample` takes."""
-    caption = record.get("caption") or record.get("blip_caption") or ""
-    return {"id": str(record.get("id")), "image": record.get("image"), "caption": caption.strip()}
-
-
 def _finish(dataset, on_invalid: OnInvalid, source: str):
     """Apply the invalid-sample policy; returns (dataset without the `problem` column, report)."""
     if isinstance(dataset, datasets.IterableDataset):
@@ -161,9 +155,7 @@ def load_captions(path, image_folder=None, *, seed: int = 0, streaming: bool = F
 
 def sequence_length(messages: list[dict], n_images: int, processor) -> int:
     """Tokens a sample occupies once its images are expanded (BOS included), without decoding any image."""
-    text = processor.apply_chat_template(messages)
-    text_tokens = len(processor.tokenizer(text, add_special_tokens=True)["input_ids"])
-    return text_tokens + n_images * (processor.tokens_per_image - 1)
+    return len(processor.encode_conversation(messages, [None] * n_images).input_ids)
 
 
 def drop_too_long(dataset, processor, max_length: int, *, on_too_long: Literal["drop", "fail"] = "drop"):

@@ -282,7 +282,7 @@ def check_recipe(recipe: Recipe) -> None:
     if data.format != "scienceqa" and scienceqa_only:
         _fail(recipe, f"data.{scienceqa_only[0]} only applies to data.format scienceqa, not {data.format}")
     if data.format == "scienceqa" and data.prompt_format is not None:
-        from ..evaluation.scienceqa_data import parse_prompt_format
+        from ..formats.scienceqa import parse_prompt_format
 
         try:
             parse_prompt_format(data.prompt_format)

@@ -23,7 +23,7 @@ from ..builder import build_llava
 from ..chat_templates import load_chat_template
 from .checkpointing import claim_output_dir, mark_finished
 from .data import drop_too_long, load_captions, load_llava_json
-from .model_card import STAGE_WHAT, provenance, set_provenance, write_model_card
+from ..checkpoints.model_card import STAGE_WHAT, provenance, set_provenance, write_model_card
 from .recipes import Recipe
 from .stages import lora_config
 from .trainer import make_trainer
@@ -74,8 +74,8 @@ def with_chat_template(processor, name: str | None):
 
 def scienceqa_json(recipe: Recipe, state: PartialState) -> Path:
     """ScienceQA's `problems.json` -> LLaVA JSON in the run folder (written by the main process, read by all)."""
-    from ..data_generation.conversations import write_llava_json
-    from ..evaluation.scienceqa_data import load_scienceqa, to_llava_records
+    from ..formats.llava_json import write_llava_json
+    from ..formats.scienceqa import load_scienceqa, to_llava_records
 
     data = recipe.data
     split, prompt_format = data.split or "train", data.prompt_format or "QCM-LEPA"

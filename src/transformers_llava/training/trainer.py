@@ -10,20 +10,40 @@ own learning rate when asked. Sequence lengths are checked up front (`data.drop_
 truncated through image tokens. Everything else is plain `SFTTrainer`.
 """
 
+import torch
+from torch import nn
 from trl import SFTConfig, SFTTrainer
 
 from ..chat_templates import load_chat_template
 from ..packed_attention import PACKED_SDPA
+from ..processing_llava import IGNORE_INDEX
 from .collator import LlavaDataCollator
 from .sampler import ModalityLengthGroupedSampler, modality_lengths
 from .stages import ProjectorLearningRate, prepare_stage, trainable_parameters
 
 
+def supervised_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training loss with the LM head evaluated only where the next token is supervised.
+
+    Returns `(loss, logits [N_supervised, V], targets [N_supervised])`. Image, prompt and padding positions never
+    reach the vocabulary matmul (`logits_to_keep` as a boolean mask, transformers' `slice_logits_to_keep`); the
+    loss is the per-token cross-entropy summed and divided by `num_items_in_batch` (else the supervised count)."""
+    targets = inputs["labels"][:, 1:]  # position t predicts token t + 1
+    supervised = targets != IGNORE_INDEX  # [B, L - 1]
+    keep = nn.functional.pad(supervised, (0, 1), value=False)  # [B, L]: the last position predicts nothing
+    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False, logits_to_keep=keep)
+    logits = outputs.logits.float()  # [N_supervised, V]
+    targets = targets[supervised].to(logits.device)
+    denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
+    return nn.functional.cross_entropy(logits, targets, reduction="sum") / denominator, logits, targets
+
+
 class LlavaSFTTrainer(SFTTrainer):
-    """`SFTTrainer` whose loss evaluates the LM head only where a token is supervised (`loss_only=True`).
+    """`SFTTrainer` whose loss evaluates the LM head only where a token is supervised (`supervised_loss`).
 
     TRL's fused head scores every position on CPU; with 256 image tokens and the prompt per sample, most of that
-    vocabulary matmul is thrown away. The loss is the same (per token, normalised by `num_items_in_batch`).
+    vocabulary matmul is thrown away. The loss is the same (per token, normalised by `num_items_in_batch`), and the
+    metrics TRL logs (`entropy`, `mean_token_accuracy`, `num_tokens`) are kept.
     `group_by_modality_length=True` draws each optimizer step from one modality, as LLaVA-1.5 trained."""
 
     def __init__(self, *args, group_by_modality_length: bool = False, **kwargs):
@@ -44,11 +64,32 @@ class LlavaSFTTrainer(SFTTrainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, use_cache=False, loss_only=True, num_items_in_batch=num_items_in_batch)
-        loss = outputs.loss
+        mode = "train" if self.model.training else "eval"
+        loss, logits, targets = supervised_loss(model, inputs, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks, as in SFTTrainer
-        return (loss, outputs) if return_outputs else loss
+        self._log_token_metrics(mode, inputs, logits.detach(), targets)
+        if return_outputs:  # as SFTTrainer: full logits for `compute_metrics`, from another forward
+            with torch.no_grad():
+                return loss, model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+        return loss
+
+    def _log_token_metrics(self, mode: str, inputs: dict, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """The metrics `SFTTrainer.compute_loss` logs, from the supervised positions' logits."""
+        gather = self.accelerator.gather_for_metrics
+        with torch.no_grad():
+            log_probs = logits.log_softmax(-1)  # [N_supervised, V]
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            correct = logits.argmax(-1) == targets
+        num_valid = gather(torch.tensor(len(targets), device=logits.device)).sum()
+        entropy_sum, num_correct = gather(entropy.sum()).sum(), gather(correct.sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":  # padding-free batches have no attention_mask: every position is a token
+            tokens = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
+                torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
+            self._total_train_tokens += gather(tokens).sum().item() // self._tp_size
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
 
 def make_trainer(
@@ -97,4 +138,4 @@ def make_trainer(
     )
 
 
-__all__ = ["make_trainer", "LlavaSFTTrainer"]
+__all__ = ["make_trainer", "LlavaSFTTrainer", "supervised_loss"]

@@ -1,6 +1,6 @@
 """ScienceQA as LLaVA conversations: load `problems.json` + `pid_splits.json`, build the paper's prompt formats.
 
-    from transformers_llava.evaluation.scienceqa_data import load_scienceqa, to_llava_records
+    from transformers_llava.formats.scienceqa import load_scienceqa, to_llava_records
     problems = load_scienceqa("ScienceQA/data/scienceqa", "train")
     records = to_llava_records(problems, "QCM-LEPA")      # LLaVA JSON: {id, image?, conversations}
 
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import datasets
 
+from .llava_json import IMAGE_TOKEN as IMAGE_PLACEHOLDER
+
 OPTIONS = ("A", "B", "C", "D", "E")
-IMAGE_PLACEHOLDER = "<image>"
 REQUIRED_FIELDS = ("question", "choices", "answer", "hint", "image", "grade", "subject", "lecture", "solution")
 
 INPUT_TEMPLATES = {
@@ -174,12 +175,3 @@ def to_llava_records(problems: dict[str, dict], prompt_format: str = "QCM-LEPA",
 def question_text(record: dict) -> str:
     """The question a model is asked at evaluation: the human turn without its `<image>` placeholder."""
     return record["conversations"][0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
-
-
-def load_llava_records(path: str | Path) -> list[dict]:
-    """A LLaVA JSON file written by `to_llava_records` (or the original conversion)."""
-    records = json.loads(Path(path).read_text(encoding="utf-8"))
-    for index, record in enumerate(records):
-        if "id" not in record or not record.get("conversations"):
-            raise ValueError(f"{path}: record {index} lacks `id` or `conversations`; is this a LLaVA JSON file?")
-    return records

@@ -1,22 +1,13 @@
 """The model card of a LLaVA checkpoint, rendered from `hub_cards/llava_model_card.md.jinja` at every save.
 
-    model.save_pretrained("out")              # writes out/README.md beside the weights
+    model.save_pretrained("out")              # writes out/README.md (and out/training_record.json) beside the weights
     model.push_to_hub("user/llava-tiny")      # uploads that card (not transformers' generic one)
     record_evaluation("out", "ScienceQA", {"accuracy": 90.92})   # adds a result and re-renders out/README.md
 
-Where the training record lives: one config field, `training_provenance`, saved in `config.json` so that it
-travels with the weights through `from_pretrained` / `save_pretrained` — stage 2 loads stage 1's checkpoint and
-appends to the same record:
-
-    {"base_models": {"vision_tower": ..., "language_model": ...},
-     "stages": [{"stage", "what", "recipe", "data": {format, path, samples, dropped, chat_template},
-                 "hyperparameters": [[name, value], ...], "steps", "train_loss", "finished"}, ...],
-     "evaluation": {benchmark: {metric: value}}}
-
-Importing `transformers_llava` registers `write_model_card` in `modeling_llava.AFTER_SAVE_CALLBACKS`.
+The card is rendered from the training record (`training_record.py`). `LlavaForConditionalGeneration.save_pretrained`
+and `push_to_hub` call `write_checkpoint_files` here.
 """
 
-import json
 import math
 import os
 import re
@@ -27,7 +18,15 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from safetensors import safe_open
 
-PROVENANCE = "training_provenance"
+from .training_record import (
+    PROVENANCE,
+    kept_out_of_config,
+    provenance,
+    read_training_record,
+    set_provenance,
+    write_training_record,
+)
+
 TEMPLATE = "hub_cards/llava_model_card.md.jinja"
 STAGE_WHAT = {
     "stage1": "feature alignment (projector trained; vision tower and language model frozen)",
@@ -35,21 +34,6 @@ STAGE_WHAT = {
     "lora": "LoRA on the language model's linear layers, projector trained in full; vision tower frozen",
 }
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def provenance(config) -> dict:
-    """The training record of a config (a copy; empty parts when the model was never trained here)."""
-    return _complete(getattr(config, PROVENANCE, None))
-
-
-def _complete(record: dict | None) -> dict:
-    record = record or {}
-    return {"base_models": dict(record.get("base_models") or {}), "stages": list(record.get("stages") or []),
-            "evaluation": dict(record.get("evaluation") or {})}
-
-
-def set_provenance(config, record: dict) -> None:
-    setattr(config, PROVENANCE, record)
 
 
 def _tower_name(sub_config) -> str:
@@ -119,7 +103,7 @@ def render_model_card(config, *, model_id: str | None = None, adapter: dict | No
 
 
 def write_model_card(model, directory, repo_id: str | None = None) -> Path:
-    """Write `directory/README.md` for `model` (the after-save callback; also used for LoRA adapters)."""
+    """Write `directory/README.md` for `model` (also for LoRA adapters, whose card names the adapter)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     adapter = None
     if hasattr(model, "peft_config"):
@@ -132,28 +116,27 @@ def write_model_card(model, directory, repo_id: str | None = None) -> Path:
     return path
 
 
+def write_checkpoint_files(model, directory, repo_id: str | None = None) -> None:
+    """What a LLaVA checkpoint holds besides transformers' files: `training_record.json` (when the model has a
+    record) and the card. Called by `LlavaForConditionalGeneration.save_pretrained` and `push_to_hub`."""
+    record = getattr(model.config, PROVENANCE, None)
+    if record is not None:
+        write_training_record(directory, record)
+    write_model_card(model, directory, repo_id=repo_id)
+
+
 def record_evaluation(checkpoint_dir, benchmark: str, metrics: dict) -> None:
     """Add `{metric: value}` for `benchmark` to a saved checkpoint's record and re-render its README.md."""
     from transformers import AutoConfig
 
-    config_path = Path(checkpoint_dir) / "config.json"
-    raw = json.loads(config_path.read_text(encoding="utf-8"))
-    record = _complete(raw.get(PROVENANCE))
+    record = read_training_record(checkpoint_dir) or provenance(None)
     record["evaluation"][benchmark] = {**record["evaluation"].get(benchmark, {}), **metrics}
-    raw[PROVENANCE] = record
-    config_path.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_training_record(checkpoint_dir, record)
     config = AutoConfig.from_pretrained(checkpoint_dir)
+    set_provenance(config, read_training_record(checkpoint_dir))  # as saved: benchmarks in sorted order
     card = render_model_card(config, parameters=stored_parameters(checkpoint_dir))
     (Path(checkpoint_dir) / "README.md").write_text(card, encoding="utf-8")
 
 
-def register() -> None:
-    """Make every `save_pretrained` / `push_to_hub` of our model class write this card (idempotent)."""
-    from .. import modeling_llava
-
-    if write_model_card not in modeling_llava.AFTER_SAVE_CALLBACKS:
-        modeling_llava.AFTER_SAVE_CALLBACKS.append(write_model_card)
-
-
-__all__ = ["render_model_card", "write_model_card", "record_evaluation", "provenance", "set_provenance",
-           "base_models", "register", "PROVENANCE"]
+__all__ = ["render_model_card", "write_model_card", "write_checkpoint_files", "record_evaluation", "provenance",
+           "set_provenance", "base_models", "kept_out_of_config", "PROVENANCE"]

@@ -1,4 +1,7 @@
-"""LLaVA conversations and the LLaVA-Instruct JSON files the training code loads.
+"""LLaVA JSON: the conversation records of LLaVA-Instruct-150K, the stage-1 `chat.json` and ScienceQA conversions.
+
+    write_llava_json(records, "train.json")      # atomically
+    records = read_llava_json("train.json")      # each record checked for `id` and `conversations`
 
 A sample is `{"id", "image", "conversations": [{"from": "human", "value": "<image>\\nQ1"}, {"from": "gpt",
 "value": "A1"}, {"from": "human", "value": "Q2"}, ...]}`: `<image>` appears once, in the first human turn, before or
@@ -40,6 +43,16 @@ def to_conversations(pairs: list[tuple[str, str]], position: ImagePosition, rng:
         turns.append({"from": "human", "value": place_image(question, position, rng) if number == 0 else question})
         turns.append({"from": "gpt", "value": answer})
     return turns
+
+
+def read_llava_json(path: str | os.PathLike) -> list[dict]:
+    """A LLaVA JSON file, each record checked for `id` and `conversations` (training streams large files with
+    `training.data.load_llava_json` instead)."""
+    records = json.loads(Path(path).read_text(encoding="utf-8"))
+    for index, record in enumerate(records):
+        if "id" not in record or not record.get("conversations"):
+            raise ValueError(f"{path}: record {index} lacks `id` or `conversations`; is this a LLaVA JSON file?")
+    return records
 
 
 def write_llava_json(samples: Iterable[dict], path: str | os.PathLike) -> int:
