@@ -120,6 +120,19 @@ def test_answers_stream_piece_by_piece_and_equal_greedy_generate(plain):
     assert turns[-1].answer == greedy(model, processor, conversation, 8, image_aspect_ratio="pad")
 
 
+def test_a_page_that_stops_listening_stops_the_generation(plain):
+    model, processor = plain
+    engine = LlavaEngine(model, processor)
+    steps = []
+    model.model.language_model.register_forward_hook(lambda *args: steps.append(1))
+    turns = [Turn("What is this?", Image.new("RGB", (40, 30), "red"))]
+    answer = WebChat(engine).stream_answer(turns, 0, 0.7, 1000)
+    next(answer), next(answer)
+    answer.close()  # what Gradio does to a handler when Clear cancels it or the tab goes away
+    engine.complete([{"role": "user", "content": "Hi"}], max_new_tokens=1)  # queued behind the cancelled one
+    assert len(steps) < 50  # the cancelled answer stopped after a few of its 1000 tokens
+
+
 # -- the page in a real browser
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ Every mode but "Default" returns a square image of `side` x `side`, which both p
 (padding a square adds nothing; resizing it to the crop size leaves nothing to crop). So the choice means the same
 whatever the checkpoint's mode: Crop and Pad give exactly the pixel values the processor's own `square` and `pad` modes
 give (tests pin it). Without `side` (a remote server, whose processor is not known here) the square stays at full
-resolution — Crop takes the centered square, Pad pads, Resize squashes to the longer edge — and the server resizes it.
+resolution (Crop takes the centered square, Pad pads, Resize squashes to the longer edge); the server resizes it.
 """
 
 from PIL import Image

@@ -16,6 +16,7 @@ The page is a thin shell: each answer is one `stream(messages, ...)` call on the
 import argparse
 import os
 import sys
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,12 @@ class WebChat:
         turn = turns[-1]
         messages = self.messages(turns)
         turn.answer = ""
-        for delta in self.engine.stream(messages, temperature=float(temperature), top_p=float(top_p),
-                                        max_new_tokens=int(max_new_tokens)):
-            turn.answer += delta
-            yield
+        deltas = self.engine.stream(messages, temperature=float(temperature), top_p=float(top_p),
+                                    max_new_tokens=int(max_new_tokens))
+        with closing(deltas):  # a page that stops listening (Clear, a closed tab) stops the generation
+            for delta in deltas:
+                turn.answer += delta
+                yield
 
 
 def chat_view(turns: list[Turn]) -> list[dict]:
@@ -107,7 +110,7 @@ def build_demo(engine, model_name: str = "", title: str = "LLaVA"):
             return turns, chat_view(turns), text, image_path
         if image_path is not None:  # a new image starts a new conversation, as in the original demo
             try:
-                image = open_image(image_path, max_pixels=getattr(engine, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+                image = open_image(image_path, getattr(engine, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
             except ImageLoadError as error:
                 raise gr.Error(str(error)) from None
             turns = [Turn(text.strip(), image, mode, image_path=image_path)]
@@ -174,9 +177,9 @@ def build_demo(engine, model_name: str = "", title: str = "LLaVA"):
         asked = []
         for trigger in (textbox.submit, send.click):
             asked.append(trigger(add_turn, [textbox, imagebox, mode, turns], [turns, chatbot, textbox, imagebox])
-                         .then(respond, sampling, [turns, chatbot]))
+                         .success(respond, sampling, [turns, chatbot]))
         asked.append(regenerate_button.click(regenerate, [turns, mode], [turns, chatbot])
-                     .then(respond, sampling, [turns, chatbot]))
+                     .success(respond, sampling, [turns, chatbot]))
         clear_button.click(clear, None, [turns, chatbot, textbox, imagebox], cancels=asked)
         chatbot.clear(clear, None, [turns, chatbot, textbox, imagebox], cancels=asked)  # the chat's own trash icon
     return demo
