@@ -141,7 +141,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def browser_or_skip():
+@pytest.fixture
+def sync_playwright():
     """playwright's sync API, or skip (fail under CI=true) saying what is missing."""
     missing = []
     if not os.path.exists(CHROMIUM):
@@ -187,8 +188,7 @@ def web_app(plain_model_dir, tmp_path):
         log.close()
 
 
-def test_the_page_streams_greedy_answers_regenerates_and_clears(web_app, plain, tmp_path):
-    sync_playwright = browser_or_skip()
+def test_the_page_streams_greedy_answers_regenerates_and_clears(sync_playwright, web_app, plain, tmp_path):
     model, processor = plain
     url, log = web_app
     photo_path = reference_path("llava", "images", "extreme_ironing.jpg")
