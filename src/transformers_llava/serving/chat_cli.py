@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data_generation.conversations import write_llava_json
+from ..formats.llava_json import write_llava_json
 from ..image_processing_llava import ImageLoadError, open_image
 from .engine import RequestError, add_engine_arguments, engine_from_args
 

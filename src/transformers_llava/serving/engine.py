@@ -27,12 +27,14 @@ Multi-turn chats that keep their KV cache between turns (the CLI) run through `L
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import os
 import sys
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -277,8 +279,14 @@ class LlavaEngine:
             self.pad_token_id = self.tokenizer.eos_token_id
         self.context_length = model.config.get_text_config().max_position_embeddings
         self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()  # one `generate` at a time on the model
+        self._generating = threading.Lock()  # one `generate` at a time on the model
+        self._starting = threading.Lock()
         self._scheduler: threading.Thread | None = None
+        self._running: list[Generation] = []  # the rows of the `generate` in progress
+        # chat-turn threads, joined by `close`: one still freeing its tensors while Python shuts down aborts it
+        self._workers: set[threading.Thread] = set()
+        self.closed = False
+        atexit.register(_close_at_exit, weakref.ref(self))
 
     @classmethod
     def from_pretrained(cls, model_path, *, device=None, dtype=None, conversation_format: str | None = None,
@@ -366,14 +374,15 @@ class LlavaEngine:
         return plain, images
 
     def encode(self, messages) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(prompt ids [L] with every image expanded to its tokens, pixel values [N_img, 3, H, W] or None)."""
+        """(prompt ids [L] with every image expanded to its tokens, pixel values [N_img, 3, H, W] or None), through
+        `processor.encode_conversation`, the package's one path from a conversation to ids."""
         plain, images = self._validated(messages)
         try:
-            prompt = self.processor.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+            encoded = self.processor.encode_conversation(plain, add_generation_prompt=True)
         except TemplateError as err:
             raise RequestError(f"the conversation does not fit the chat template: {err}", "messages",
                                "invalid_conversation") from err
-        placed = prompt.count(self.processor.image_token)
+        placed = encoded.text.count(self.processor.image_token)
         if placed != len(images):
             more = placed > len(images)
             raise RequestError(
@@ -381,14 +390,15 @@ class LlavaEngine:
                 "placeholder(s)" + ("; the text itself contains the placeholder" if more else
                                     " (it drops images it cannot place, e.g. outside user turns)"),
                 "messages", "image_placeholder_mismatch" if more else "too_many_images")
-        encoded = self.processor(text=[prompt], images=images or None, return_tensors="pt")
-        ids = encoded["input_ids"][0]
+        ids = torch.from_numpy(encoded.input_ids)
         if len(ids) >= self.context_length:
             raise RequestError(
                 f"the prompt is {len(ids)} tokens ({len(images)} image(s) of {self.processor.tokens_per_image} tokens "
                 f"each) but the model's context is {self.context_length} tokens", "messages",
                 "context_length_exceeded")
-        return ids, encoded.get("pixel_values")
+        if not images:
+            return ids, None
+        return ids, self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
     # -- requests
     def submit(self, messages, *, temperature: float = 0.2, top_p: float = 0.7, max_new_tokens: int | None = 512,
@@ -426,8 +436,20 @@ class LlavaEngine:
         return self.submit(messages, **sampling).result()
 
     # -- the scheduler
+    def close(self) -> None:
+        """Cancel the generation in progress and keep the model idle from now on. Also run at interpreter exit: a
+        thread still inside torch while Python shuts down aborts the process."""
+        self.closed = True
+        for row in list(self._running):
+            row.cancel()
+        self._generating.acquire(timeout=60)  # held for good: nothing generates after close
+        for worker in list(self._workers):
+            worker.join(timeout=10)
+
     def _start_scheduler(self) -> None:
-        with self._lock:
+        if self.closed:
+            raise RuntimeError("this LlavaEngine is closed")
+        with self._starting:
             if self._scheduler is None:
                 self._scheduler = threading.Thread(target=self._schedule, name="llava-engine", daemon=True)
                 self._scheduler.start()
@@ -446,37 +468,43 @@ class LlavaEngine:
                 groups.setdefault(request.generation.sampling.batch_key(), []).append(request)
             for group in groups.values():
                 self._run_batch(group)
+            del batch, groups, group, request  # free the tensors now, not while Python may be shutting down
 
     def _run_batch(self, requests: list[_Request]) -> None:
         requests = [r for r in requests if not r.generation.cancelled]
         rows = [r.generation for r in requests]
         try:
-            if not requests:
-                return
-            width = max(len(r.ids) for r in requests)
-            input_ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
-            for i, r in enumerate(requests):  # left padding: every row's last prompt token is in the last column
-                input_ids[i, width - len(r.ids):] = r.ids
-                attention_mask[i, width - len(r.ids):] = 1
-            device = self.model.device
-            inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-            pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
-            if pixels:  # the model fills image tokens in row-major order: the rows' images, in row order
-                inputs["pixel_values"] = torch.cat(pixels).to(device, self.model.dtype)
-            sampling = rows[0].sampling
-            with self._lock:
-                if sampling.seed is not None and not sampling.greedy:
-                    torch.manual_seed(sampling.seed)
-                config = self._generation_config(sampling, max(row.sampling.max_new_tokens for row in rows))
-                self.model.generate(**inputs, generation_config=config, streamer=RowStreamer(rows),
-                                    stopping_criteria=StoppingCriteriaList([RowsFinished(rows)]))
+            with self._generating:  # all torch work under the lock, which `close` takes for good
+                if self.closed:
+                    raise RuntimeError("this LlavaEngine is closed")
+                if requests:
+                    self._running = rows
+                    self._generate(requests, rows)
         except Exception as error:  # the callers hear of it; the scheduler keeps serving
             for row in rows:
                 row.fail(error)
         finally:
             for row in rows:
                 row.finish("cancelled" if row.cancelled else "length")
+
+    def _generate(self, requests: list[_Request], rows: list[Generation]) -> None:
+        width = max(len(r.ids) for r in requests)
+        input_ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):  # left padding: every row's last prompt token is in the last column
+            input_ids[i, width - len(r.ids):] = r.ids
+            attention_mask[i, width - len(r.ids):] = 1
+        device = self.model.device
+        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+        pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
+        if pixels:  # the model fills image tokens in row-major order: the rows' images, in row order
+            inputs["pixel_values"] = torch.cat(pixels).to(device, self.model.dtype)
+        sampling = rows[0].sampling
+        if sampling.seed is not None and not sampling.greedy:
+            torch.manual_seed(sampling.seed)
+        config = self._generation_config(sampling, max(row.sampling.max_new_tokens for row in rows))
+        self.model.generate(**inputs, generation_config=config, streamer=RowStreamer(rows),
+                            stopping_criteria=StoppingCriteriaList([RowsFinished(rows)]))
 
     def _generation_config(self, sampling: Sampling, max_new_tokens: int):
         """The model's generation config with this batch's sampling, without its stop strings (the rows cut them,
@@ -499,7 +527,10 @@ class LlavaEngine:
 
         def work():
             try:
-                with self._lock:
+                with self._generating:
+                    if self.closed:
+                        raise RuntimeError("this LlavaEngine is closed")
+                    self._running = [generation]
                     if seed is not None:
                         torch.manual_seed(seed)
                     chat.ask(text, images=images, streamer=RowStreamer([generation]), max_new_tokens=max_new_tokens,
@@ -511,8 +542,18 @@ class LlavaEngine:
             finally:
                 generation.finish("cancelled" if generation.cancelled else "length")
 
-        threading.Thread(target=work, name="llava-chat-turn", daemon=True).start()
+        if self.closed:
+            raise RuntimeError("this LlavaEngine is closed")
+        worker = threading.Thread(target=work, name="llava-chat-turn", daemon=True)
+        self._workers = {w for w in self._workers if w.is_alive()} | {worker}
+        worker.start()
         return generation
+
+
+def _close_at_exit(engine_ref) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.close()
 
 
 def add_engine_arguments(parser) -> None:
