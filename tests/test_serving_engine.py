@@ -98,3 +98,13 @@ def test_bad_requests_name_the_problem(tiny, messages, options, param, words):
     with pytest.raises(RequestError) as error:
         engine.submit(messages, **options)
     assert error.value.param == param and words in error.value.message
+
+
+def test_from_pretrained_serves_a_llava_hf_export_as_the_model_itself(peaked, tmp_path):
+    from transformers_llava.checkpoints import save_llava_hf
+
+    model, processor = peaked
+    exported = save_llava_hf(model, processor, tmp_path / "llava-hf")
+    engine = LlavaEngine.from_pretrained(exported, device="cpu")
+    messages = ask("What is this?", ORANGE)
+    assert engine.complete(messages, temperature=0, max_new_tokens=8) == generate_alone(model, processor, messages, 8)

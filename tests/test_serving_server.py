@@ -186,3 +186,30 @@ def test_not_json_and_unknown_paths_get_openai_shaped_errors(served):
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     response = httpx.get(base_url + "/nowhere", timeout=10)
     assert response.status_code == 404 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_remote_images_are_fetched_only_with_the_flag(served, tmp_path):
+    """With allow_remote_images an http URL is fetched (here from a file server on 127.0.0.1) and answers as the same
+    image sent inline; a URL that is not an image is still a named 400."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    engine, base_url, client = served
+    ORANGE.save(tmp_path / "orange.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=tmp_path))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{files.server_address[1]}"
+    try:
+        with running_server(engine, allow_remote_images=True) as remote_url:
+            remote = openai.OpenAI(base_url=remote_url, api_key="none", max_retries=0)
+            reply = remote.chat.completions.create(model="tiny", messages=bad(f"{url}/orange.png"), temperature=0,
+                                                   max_tokens=6)
+            with pytest.raises(openai.BadRequestError) as error:
+                remote.chat.completions.create(model="tiny", messages=bad(f"{url}/notes.txt"), max_tokens=2)
+    finally:
+        files.shutdown()
+    inline = client.chat.completions.create(model="tiny", messages=[user("What is this?", ORANGE)], temperature=0,
+                                            max_tokens=6)
+    assert reply.choices[0].message.content == inline.choices[0].message.content
+    assert error.value.code == "invalid_image"

@@ -293,15 +293,13 @@ class LlavaEngine:
                         max_image_pixels: int | None = None, **kwargs) -> "LlavaEngine":
         """Load anything the package's `from_pretrained` loads (ours, llava-hf, original releases); `kwargs` go to
         both `from_pretrained` calls. dtype defaults to float32 on CPU and to the checkpoint's own elsewhere;
-        `conversation_format` (llava_v0, llava_v1, ...) overrides the checkpoint's chat template."""
+        `conversation_format` (llava_v0, llava_v1, ...) replaces the checkpoint's chat template and stop strings."""
         from .. import TransformersLlavaForConditionalGeneration, TransformersLlavaProcessor
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(dtype, str) and dtype != "auto":
             dtype = getattr(torch, dtype)
         dtype = dtype or (torch.float32 if str(device) == "cpu" else "auto")
-        if conversation_format:
-            kwargs["conversation_format"] = conversation_format
         model = TransformersLlavaForConditionalGeneration.from_pretrained(model_path, dtype=dtype, **kwargs)
         processor = TransformersLlavaProcessor.from_pretrained(model_path, **kwargs)
         engine = cls(model.to(device), processor, max_image_pixels=max_image_pixels)
@@ -442,6 +440,9 @@ class LlavaEngine:
         self.closed = True
         for row in list(self._running):
             row.cancel()
+        if self._scheduler is not None:
+            self._queue.put(None)
+            self._scheduler.join(timeout=60)
         self._generating.acquire(timeout=60)  # held for good: nothing generates after close
         for worker in list(self._workers):
             worker.join(timeout=10)
@@ -456,19 +457,26 @@ class LlavaEngine:
 
     def _schedule(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            first = self._queue.get()
+            if first is None:  # `close`
+                return
+            batch = [first]
             deadline = time.monotonic() + self.batch_window
             while len(batch) < self.max_batch_size:
                 try:
-                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                    request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
+                if request is None:
+                    self._queue.put(None)  # run (or fail) this batch, then stop
+                    break
+                batch.append(request)
             groups: dict = {}
             for request in batch:
                 groups.setdefault(request.generation.sampling.batch_key(), []).append(request)
             for group in groups.values():
                 self._run_batch(group)
-            del batch, groups, group, request  # free the tensors now, not while Python may be shutting down
+            del batch, groups, group, request, first  # free the tensors here, not while Python shuts down
 
     def _run_batch(self, requests: list[_Request]) -> None:
         requests = [r for r in requests if not r.generation.cancelled]
@@ -503,14 +511,14 @@ class LlavaEngine:
         if sampling.seed is not None and not sampling.greedy:
             torch.manual_seed(sampling.seed)
         config = self._generation_config(sampling, max(row.sampling.max_new_tokens for row in rows))
-        self.model.generate(**inputs, generation_config=config, streamer=RowStreamer(rows),
+        self.model.generate(**inputs, generation_config=config, streamer=RowStreamer(rows), tokenizer=self.tokenizer,
                             stopping_criteria=StoppingCriteriaList([RowsFinished(rows)]))
 
     def _generation_config(self, sampling: Sampling, max_new_tokens: int):
-        """The model's generation config with this batch's sampling, without its stop strings (the rows cut them,
-        each its own)."""
+        """The model's generation config with this batch's sampling (its stop strings end rows in `generate` too;
+        the rows cut them from their text, each with its own)."""
         config = copy.deepcopy(self.model.generation_config)
-        config.update(**{"stop_strings": None, "pad_token_id": self.pad_token_id, "max_new_tokens": max_new_tokens,
+        config.update(**{"pad_token_id": self.pad_token_id, "max_new_tokens": max_new_tokens,
                          "temperature": None, "top_p": None, "top_k": None, **sampling.generate_kwargs()})
         return config
 

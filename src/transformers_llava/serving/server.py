@@ -212,10 +212,14 @@ def build_app(engine: LlavaEngine, model_name: str, allow_remote_images: bool = 
         except RequestError as err:
             return error_response(BadRequest(err.message, err.param, err.code))
         completion_id, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        usage = lambda: {"prompt_tokens": generation.prompt_tokens,  # noqa: E731
-                         "completion_tokens": generation.completion_tokens,
-                         "total_tokens": generation.prompt_tokens + generation.completion_tokens}
-        finish_reason = lambda: "length" if generation.finish_reason == "length" else "stop"  # noqa: E731
+
+        def usage() -> dict:
+            return {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens,
+                    "total_tokens": generation.prompt_tokens + generation.completion_tokens}
+
+        def finish_reason() -> str:
+            return "length" if generation.finish_reason == "length" else "stop"
+
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
