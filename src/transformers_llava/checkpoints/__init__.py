@@ -10,7 +10,7 @@
     from transformers_llava.checkpoints import save_llava_hf
     save_llava_hf(model, processor, "llava-v1.5-7b-hf")   # vanilla transformers loads it; llava-hf layout
 
-Command line: `transformers-llava convert SRC DST --to llava-hf` (see `checkpoints/cli.py`).
+Command line: `transformers-llava convert SRC DST --to llava-hf|original|ours` (see `checkpoints/cli.py`).
 """
 
 from .detect import KINDS, Layout, UnknownLayoutError, detect_layout
@@ -18,6 +18,7 @@ from .loaders import load_foreign_model, load_foreign_processor
 from .model_card import record_evaluation, write_checkpoint_files, write_model_card
 from .safe_load import CheckpointError
 from .training_record import kept_out_of_config, provenance, read_training_record, set_provenance
+from .original_writer import save_original
 from .writer import save_llava_hf, save_ours
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "UnknownLayoutError",
     "save_llava_hf",
     "save_ours",
+    "save_original",
     "load_foreign_model",
     "load_foreign_processor",
     "write_checkpoint_files",

@@ -4,11 +4,14 @@
     transformers-llava convert LLaVA-7b-delta-v0 llava-7b-v0 --to ours --base-model llama-7b --vision-tower clip-l-14
     transformers-llava convert llava-v1.5-7b-lora merged-hf --to llava-hf --base-model vicuna-7b-v1.5 ...
     transformers-llava convert llava-1.5-7b-hf ours-7b --to ours
+    transformers-llava convert ours-7b llava-v1.5-7b --to original --vision-tower-name openai/clip-vit-large-patch14-336
 
 SRC may be in any layout `detect_layout` knows (this package's, llava-hf, an original release, delta, LoRA,
 projector-only); DST is written as safetensors shards with a progress bar. llava-hf output loads in vanilla
 transformers (`LlavaForConditionalGeneration`) and has the layout of the llava-hf Hub repositories that vLLM, SGLang
-and TGI read; ours loads with this package or with `trust_remote_code=True`.
+and TGI read (written so that vLLM serves it as we do: see docs/checkpoints.md); original is the layout of the
+original releases (the original repo's scripts, SGLang's `LlavaLlamaForCausalLM`); ours loads with this package or
+with `trust_remote_code=True`.
 """
 
 import argparse
@@ -21,9 +24,10 @@ from ..chat_templates import FORMATS
 from .detect import detect_layout
 from .hub import resolve_directory
 from .safe_load import CheckpointError
+from .original_writer import save_original
 from .writer import save_llava_hf, save_ours
 
-WRITERS = {"ours": save_ours, "llava-hf": save_llava_hf}
+WRITERS = {"ours": save_ours, "llava-hf": save_llava_hf, "original": save_original}
 DTYPES = {"auto": "auto", "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -35,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-model", help="base language model (directory or Hub repository) of a delta / LoRA / "
                         "projector-only release")
     parser.add_argument("--vision-tower", help="local copy of the CLIP tower an original release names")
+    parser.add_argument("--vision-tower-name", help="--to original: the CLIP tower config.json names "
+                        "(mm_vision_tower), e.g. openai/clip-vit-large-patch14-336; default: the one the model was "
+                        "built from")
     parser.add_argument("--conversation-format", choices=FORMATS, help="override the chat template of the release")
     parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (default: as stored)")
     parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB")
@@ -83,7 +90,8 @@ def main(argv=None) -> int:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"Read {args.src} ({kind}): {n_params:,} parameters, {model.dtype}, "
               f"projector {model.config.projector_type}, {loaded - start:.1f} s")
-        directory = WRITERS[args.to](model, processor, args.dst, args.max_shard_size, progress=True)
+        extra = {"vision_tower_name": args.vision_tower_name} if args.to == "original" else {}
+        directory = WRITERS[args.to](model, processor, args.dst, args.max_shard_size, progress=True, **extra)
     except CheckpointError as err:
         print(f"transformers-llava convert: error: {err}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from ..chat_templates import STOP_STRINGS, load_chat_template
 from .delta import apply_delta, check_not_delta
 from .detect import Layout, detect_layout, is_foreign_config
 from .hub import hub_arguments, resolve_directory
-from .llava_hf import from_llava_hf, from_llava_hf_processor
+from .llava_hf import from_llava_hf, from_llava_hf_processor, our_generation_config
 from .lora_release import lora_release_weights, projector_release_weights
 from .original import convert_original, drop_stale_buffers, original_processor, release_tokenizer
 from .safe_load import CheckpointError, read_weights, weight_files
@@ -109,11 +109,15 @@ def convert_layout(layout: Layout, options: dict, trust_remote_code: bool = Fals
         state = read_weights(weight_files(layout.path), options["allow_pickle"])
         config, state = from_llava_hf(layout.config, state, layout.path)
         has_generation = (layout.path / "generation_config.json").is_file()
-        return config, state, GenerationConfig.from_pretrained(layout.path) if has_generation else None
+        generation = GenerationConfig.from_pretrained(layout.path) if has_generation else None
+        return config, state, our_generation_config(generation, layout.config)
     weights = release_weights(layout, options["allow_pickle"], trust_remote_code)
     tokenizer = release_tokenizer(layout, trust_remote_code)
     config, state = convert_original(layout, weights, tokenizer, options["vision_tower"], trust_remote_code)
     format_name = options["conversation_format"] or release_conversation_format(layout.name, layout.config)
+    if "mm_vision_config" in layout.config and (layout.path / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(layout.path)  # written by original_writer.py
+        return config, state, our_generation_config(generation, layout.config)
     return config, state, release_generation_config(tokenizer, format_name)
 
 

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
 
 from ..builder import IMAGE_TOKEN, load_vision_tower, vision_image_processor
 from ..configuration_llava import TransformersLlavaConfig
@@ -40,7 +40,8 @@ SELECT_FEATURE = {"patch": "default", "cls_patch": "full"}
 _LLAVA_KEYS = {
     "model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_mm_proj",
     "image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side",
-    "max_length", "s2", "s2_scales",
+    "max_length", "s2", "s2_scales", "image_token_index", "text_architectures",
+    "transformers_llava",
 }
 _LLAVA_PREFIXES = ("mm_", "tune_mm", "freeze_mm", "unfreeze_mm")
 _KEY_RULES = [
@@ -59,6 +60,7 @@ EXPECTED_KEYS = [
     "optionally model.vision_tower.vision_tower.vision_model.*",
 ]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+SAVED_TEMPLATE, SAVED_IMAGE_PROCESSOR = "chat_template.jinja", "preprocessor_config.json"
 
 
 def drop_stale_buffers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,6 +93,8 @@ def original_name(key: str, projector_type: str = "mlp2x_gelu") -> str:
 def text_config(flat: dict, vocab_size: int):
     """The language model's own config: the flat config without LLaVA's keys."""
     kept = {k: v for k, v in flat.items() if k not in _LLAVA_KEYS and not k.startswith(_LLAVA_PREFIXES)}
+    if flat.get("text_architectures"):  # written by original_writer.py: the language model's own class
+        kept["architectures"] = flat["text_architectures"]
     if kept.get("rope_scaling", 0) is None:
         del kept["rope_scaling"]  # transformers 4.31 wrote an explicit null; today's configs omit it
     return AutoConfig.for_model(ORIGINAL_MODEL_TYPES[flat["model_type"]], **{**kept, "vocab_size": vocab_size})
@@ -107,7 +111,13 @@ def vision_tower_source(layout: Layout, override=None) -> str:
 
 
 def tower_config(source: str, layout: Layout, trust_remote_code: bool = False):
-    """The CLIP vision config at `source`, or an error saying how to point at a local copy."""
+    """The CLIP vision config at `source`, or an error saying how to point at a local copy.
+
+    A checkpoint written by `original_writer.py` carries the config as `mm_vision_config` (and its tower weights),
+    so it is read offline unless a tower is given explicitly."""
+    saved = layout.config.get("mm_vision_config")
+    if saved is not None and source == layout.config.get("mm_vision_tower"):
+        return CLIPVisionConfig(**saved)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -195,14 +205,21 @@ def original_processor(
     source = vision_tower_source(layout, vision_tower)
     vision = tower_config(source, layout, trust_remote_code)
     settings = feature_settings(layout)
-    format_name = conversation_format_name or conversation_format(layout.name, layout.config)
+    saved_template = layout.path / SAVED_TEMPLATE  # written by original_writer.py; the releases have none
+    if conversation_format_name is None and saved_template.is_file():
+        template = saved_template.read_text(encoding="utf-8")
+    else:
+        format_name = conversation_format_name or conversation_format(layout.name, layout.config)
+        template = release_chat_template(format_name, bool(layout.config.get("mm_use_im_start_end", False)))
+    # preprocessing saved beside the weights wins over the named tower's (original_writer.py writes it)
+    image_source = layout.path if (layout.path / SAVED_IMAGE_PROCESSOR).is_file() else source
     return TransformersLlavaProcessor(
-        image_processor=vision_image_processor(source, vision, settings["image_aspect_ratio"]),
+        image_processor=vision_image_processor(image_source, vision, settings["image_aspect_ratio"]),
         tokenizer=tokenizer,
         patch_size=vision.patch_size,
         vision_feature_select_strategy=settings["vision_feature_select_strategy"],
         num_additional_image_tokens=1,  # CLIP's CLS token
-        chat_template=release_chat_template(format_name, bool(layout.config.get("mm_use_im_start_end", False))),
+        chat_template=template,
     )
 
 

@@ -20,7 +20,8 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .llava_hf import file_keys, to_llava_hf, to_llava_hf_processor
+from .engine_prompts import adds_bos, stop_token_ids
+from .llava_hf import EXTRA_KEY, engine_generation_config, file_keys, to_llava_hf, to_llava_hf_processor
 from .safe_load import SAFE_INDEX, CheckpointError
 
 
@@ -79,15 +80,41 @@ def save_ours(model, processor, directory, max_shard_size: int | str = "5GB", pr
 
 
 def save_llava_hf(model, processor, directory, max_shard_size: int | str = "5GB", progress: bool | None = None) -> Path:
-    """transformers' llava layout: `LlavaForConditionalGeneration` + `LlavaProcessor`, no code of this package."""
+    """transformers' llava layout: `LlavaForConditionalGeneration` + `LlavaProcessor`, no code of this package.
+
+    Written for the serving engines too (see `engine_prompts.py`, `linear_projector.py`): the chat template writes
+    the BOS and the tokenizer adds none, and the stop strings are listed as stop token ids in `eos_token_id`.
+    """
     directory = prepare_directory(directory)
-    hf_config, state = to_llava_hf(model.config, untied_state(model))
+    notes = []
+    hf_config, state = to_llava_hf(model.config, untied_state(model), notes)
+    for note in notes:
+        print(f"note: {note}")
     hf_config.dtype = str(model.dtype).removeprefix("torch.")
+    extra = getattr(hf_config, EXTRA_KEY)
+    generation = model.generation_config
+    if processor is not None:
+        hf_processor, extra["chat_template_bos_prefix"] = to_llava_hf_processor(processor)
+        if extra["chat_template_bos_prefix"] is None and adds_bos(processor.tokenizer):
+            print("note: the chat template could not write the BOS with the same tokens as ours; the tokenizer adds "
+                  "it, so engines that tokenise chat prompts with add_special_tokens=False (vLLM's chat endpoint) "
+                  "must be asked to add it (vLLM: \"add_special_tokens\": true in the request).")
+        stops = stop_token_ids(processor.tokenizer, getattr(generation, "stop_strings", None))
+        if stops:
+            extra.update(stop_token_ids=stops, eos_token_id=generation.eos_token_id)
+            generation = engine_generation_config(generation, stops)
     hf_config.save_pretrained(directory)
-    model.generation_config.save_pretrained(directory)
+    generation.save_pretrained(directory)
     write_weights(file_keys(state), directory, max_shard_size, progress)
     if processor is not None:
-        to_llava_hf_processor(processor).save_pretrained(directory)
+        hf_processor.save_pretrained(directory)
+        if extra["chat_template_bos_prefix"]:
+            # transformers 5 keeps this in tokenizer.json's post-processor only; 4.x's LlamaTokenizerFast (older
+            # engine installs) rebuilds the post-processor from this key and defaults it to true.
+            config_path = directory / "tokenizer_config.json"
+            tokenizer_config = json.loads(config_path.read_text(encoding="utf-8"))
+            config_path.write_text(json.dumps({**tokenizer_config, "add_bos_token": False}, indent=2) + "\n",
+                                   encoding="utf-8")
     return directory
 
 
