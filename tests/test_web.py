@@ -198,6 +198,9 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(sync_playwright,
     def normalized(text):  # the page renders the answer as Markdown: compare words, not whitespace
         return " ".join(text.split())
 
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=60_000)  # a loaded machine renders slowly
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
@@ -221,9 +224,18 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(sync_playwright,
                             f"the server's log ends:\n{log.read_text()[-3000:]}")
 
         def set_slider(elem_id, value):
+            """Type into the slider's box, then wait until the slider itself holds the value (the page's state)."""
             box = page.locator(f"#{elem_id} input[type=number]")
             box.fill(str(value))
             box.press("Enter")
+            expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value))
+
+        def ask(text, settings):
+            """Ask once the page's settings are what the expected answer assumes (sliders render lazily)."""
+            for elem_id, value in settings.items():
+                expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value))
+            page.fill("#question textarea", text)
+            page.press("#question textarea", "Enter")
 
         # Upload, choose Pad, greedy decoding, 32 tokens, ask.
         page.set_input_files("#imagebox input[type=file]", str(photo_path))
@@ -232,8 +244,8 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(sync_playwright,
         page.get_by_text("Parameters").click()
         set_slider("temperature", 0)
         set_slider("max-new-tokens", 32)
-        page.fill("#question textarea", question)
-        page.press("#question textarea", "Enter")
+        expect(page.get_by_label("Pad")).to_be_checked()
+        ask(question, {"temperature": 0, "max-new-tokens": 32})
         answer = greedy(model, processor, [(question, photo, None)], 32, image_aspect_ratio="pad")
         assert len(answer.split()) > 3
         wait_for_answers(1, answer)
@@ -242,12 +254,14 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(sync_playwright,
 
         # Regenerate with 16 tokens: the answer is replaced, not added to.
         set_slider("max-new-tokens", 16)
+        expect(page.locator("#temperature input[type=range]")).to_have_value("0")
         page.click("#regenerate")
         regenerated = greedy(model, processor, [(question, photo, None)], 16, image_aspect_ratio="pad")
         assert regenerated != answer
         wait_for_answers(1, regenerated)
 
         # A second turn about the same photo.
+        expect(page.locator("#max-new-tokens input[type=range]")).to_have_value("16")
         page.fill("#question textarea", follow_up)
         page.click("#send")
         second = greedy(model, processor, [(question, photo, regenerated), (follow_up, None, None)], 16,
@@ -260,16 +274,14 @@ def test_the_page_streams_greedy_answers_regenerates_and_clears(sync_playwright,
         page.click("#clear")
         page.wait_for_function("document.querySelectorAll(\"#chatbot [data-testid='user']\").length === 0")
         assert bot.count() == 0
-        page.fill("#question textarea", fresh)
-        page.press("#question textarea", "Enter")
+        ask(fresh, {"temperature": 0, "max-new-tokens": 16})
         wait_for_answers(1, greedy(model, processor, [(fresh, None, None)], 16))
         assert user.count() == 1 and page.locator("#chatbot img").count() == 0
 
         # An image over the server's --max-image-pixels: the page says why, and the chat is left as it was.
         page.set_input_files("#imagebox input[type=file]", str(reference_path("llava", "images", "waterview.jpg")))
         page.locator("#imagebox img").first.wait_for()
-        page.fill("#question textarea", question)
-        page.press("#question textarea", "Enter")
+        ask(question, {})
         page.get_by_text("has 1000 x 667 = 667,000 pixels, more than max_image_pixels=300,000").wait_for()
         assert user.count() == 1 and bot.count() == 1
         browser.close()
