@@ -99,7 +99,7 @@ def exported(models, tmp_path_factory):
 def test_export_runs_in_vanilla_transformers_without_the_plugin(models, exported, tmp_path):
     """llava-hf exports through the built-in classes; ours (as `save_ours` writes it) through trust_remote_code.
 
-    Every way an engine tokenises the rendered prompt gives our ids, with exactly one BOS; logits and greedy
+    Every way an engine tokenises an export's rendered prompt gives our ids, with exactly one BOS; logits and greedy
     tokens equal ours."""
     image_path = tmp_path / "image.png"
     sample_image().save(image_path)
@@ -127,7 +127,12 @@ def test_export_runs_in_vanilla_transformers_without_the_plugin(models, exported
         assert theirs["vllm_openai"] == theirs["vllm_string"] == theirs["prompt"], name
         inputs = processor(images=[sample_image()], text=[ours_prompt], return_tensors="pt")
         for way in ("input_ids", "ids_special_True", "ids_special_False", "ids_apply_chat_template"):
-            assert torch.equal(inputs["input_ids"], theirs[way]), (name, way)
+            expected = inputs["input_ids"]
+            if way == "ids_special_False" and name.endswith("-ours"):
+                # This package's own format honours an explicit add_special_tokens=False and its template writes no
+                # BOS: engines that tokenise that way are given the exports, whose templates write it.
+                expected = expected[:, 1:]
+            assert torch.equal(expected, theirs[way]), (name, way)
         ids = inputs["input_ids"][0]
         assert ids[0] == processor.tokenizer.bos_token_id != ids[1], name  # exactly one BOS in front
         assert torch.equal(inputs["pixel_values"], theirs["pixel_values"])  # pad-to-square included

@@ -14,14 +14,19 @@ def test_each_placeholder_becomes_the_towers_token_count(tiny):
     assert out["pixel_values"].shape == (2, 3, 32, 32)
 
 
-def test_exactly_one_bos_whatever_the_caller_asks(tiny):
+def test_one_bos_by_default_and_add_special_tokens_as_given(tiny):
     _, processor = tiny
     bos = processor.tokenizer.bos_token_id
-    for kwargs in ({}, {"add_special_tokens": False}, {"add_special_tokens": True}):
-        ids = processor(text="Hello there", **kwargs)["input_ids"][0]
+    for text in ("Hello there", "<s>Hello there"):
+        ids = processor(text=text)["input_ids"][0]
         assert ids[0] == bos and list(ids).count(bos) == 1
-    ids = processor(text="<s>Hello there")["input_ids"][0]
-    assert list(ids).count(bos) == 1
+    assert processor(text="Hello there", add_special_tokens=True)["input_ids"][0][0] == bos
+    assert bos not in processor(text="Hello there", add_special_tokens=False)["input_ids"][0]
+    # A conversation's ids start with one BOS even when the caller expects the template to write it (TRL).
+    ids = processor.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=True,
+                                        processor_kwargs={"add_special_tokens": False})
+    ids = ids["input_ids"][0] if hasattr(ids, "keys") else ids[0]
+    assert ids[0] == bos and list(ids).count(bos) == 1
 
 
 def test_more_images_than_placeholders_names_the_sample(tiny):
@@ -54,3 +59,34 @@ def test_processor_config_round_trip(tiny, tmp_path):
     assert again.chat_template == processor.chat_template
     assert again.tokenizer.padding_side == "left"
     assert again.image_processor.image_aspect_ratio == processor.image_processor.image_aspect_ratio
+
+
+def test_num_multimodal_tokens_as_builtin_llava_processor_reports_them(tiny):
+    from transformers import LlavaProcessor as BuiltinLlavaProcessor
+
+    _, processor = tiny
+    builtin = BuiltinLlavaProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                                    patch_size=processor.patch_size,
+                                    vision_feature_select_strategy=processor.vision_feature_select_strategy,
+                                    num_additional_image_tokens=processor.num_additional_image_tokens)
+    sizes = [[30, 40], [500, 120]]
+    assert processor._get_num_multimodal_tokens(image_sizes=sizes) == builtin._get_num_multimodal_tokens(image_sizes=sizes)
+    assert processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens == [processor.tokens_per_image] * 2
+
+
+def test_explicit_add_special_tokens_false_is_honoured(tiny):
+    _, processor = tiny
+    text = "USER: <image>\nWhat is this? ASSISTANT:"
+    out = processor(images=Image.new("RGB", (40, 30)), text=text, add_special_tokens=False,
+                    return_text_replacement_offsets=True, return_mm_token_type_ids=True)
+    ids = out["input_ids"][0]
+    expanded = text.replace("<image>", "<image>" * processor.tokens_per_image)
+    assert ids == processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+    assert ids[0] != processor.tokenizer.bos_token_id
+    # The image tokens sit where the replacement offsets put them in the text.
+    span = out["text_replacement_offsets"][0][0]["new_span"]
+    encoding = processor.tokenizer(expanded, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [span[0] <= start < span[1] for start, _ in encoding["offset_mapping"]]
+    assert out["mm_token_type_ids"][0] == [int(flag) for flag in inside]
+    # Left to itself, the processor still starts every prompt with one BOS.
+    assert processor(text=text.replace("<image>\n", ""))["input_ids"][0][0] == processor.tokenizer.bos_token_id

@@ -19,7 +19,7 @@ def adapter_dir(towers, base_checkpoint, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "adapter"
     # r=8 keeps the tiny run fast; a larger rate makes two steps move the adapter visibly.
     overrides = tiny_overrides(EXAMPLES / "lora.yaml", towers, base_checkpoint, tiny_data, out,
-                               learning_rate=0.05, warmup_ratio=0.0) + ["lora.r=8", "lora.alpha=16"]
+                               learning_rate=0.05, warmup_steps=0) + ["lora.r=8", "lora.alpha=16"]
     script = runpy.run_path(str(EXAMPLES / "train_llava.py"))
     assert script["main"]([str(EXAMPLES / "lora.yaml"), *[a for o in overrides for a in ("--override", o)]]) == 0
     return out

@@ -3,6 +3,7 @@ sizes overridden) through `transformers-llava train`; what it saves is a model (
 processor, its training record and its model card. (examples/train_llava.py runs in test_recipes_lora.py.)"""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -55,3 +56,58 @@ def test_a_streamed_dataset_trains_without_decoding_up_front(towers, base_checkp
     assert main([str(path), *override_args(overrides)]) == 0
     stage = read_training_record(tmp_path / "out")["stages"][-1]
     assert stage["steps"] == 2 and stage["data"]["samples"] is None  # a stream is not counted
+
+
+def test_training_data_that_leaves_no_sample_stops_with_the_reason(towers, base_checkpoint, tiny_data, tmp_path,
+                                                                   capfd):
+    path = EXAMPLES / "llava_v1_stage2.yaml"
+    base = tiny_overrides(path, towers, base_checkpoint, tiny_data, tmp_path / "out")
+    empty_folder = tmp_path / "no_images"
+    empty_folder.mkdir()
+    # Every image missing: the skip report is printed as the error, not `Column 'length' doesn't exist`.
+    assert main([str(path), *override_args(base + [f"data.image_folder={empty_folder}"])]) == 4
+    error = capfd.readouterr().err
+    assert (f"invalid data: {tiny_data / 'conversations.json'}: 0 valid samples of 16; first skipped: id 000.png: "
+            f"image file not found: {empty_folder / '000.png'}") in error and "  015.png: image file not found" in error
+    # Every sample over max_length: said so, not a bare StopIteration from TRL.
+    assert main([str(path), *override_args(base + ["data.max_length=20", f"training.output_dir={tmp_path / 'o2'}"])
+                 ]) == 4
+    assert "all 16 samples are over max_length=20 tokens" in capfd.readouterr().err
+    # The same with a stream, whose samples are only seen as they stream past.
+    assert main([str(path), *override_args(base + [f"data.image_folder={empty_folder}", "data.streaming=true",
+                                                   f"training.output_dir={tmp_path / 'o3'}"])]) == 4
+    assert "no sample passed the checks: every one was invalid or over data.max_length=2048" in capfd.readouterr().err
+
+
+def test_a_corrupt_image_is_skipped_at_load_and_training_runs(towers, base_checkpoint, tiny_data, tmp_path, capfd):
+    """Four samples, one image cut short: two steps of four samples see every sample (and would decode it)."""
+    images = tmp_path / "images"
+    shutil.copytree(tiny_data / "images", images)
+    records = json.loads((tiny_data / "conversations.json").read_text())[:4]
+    png = (images / records[1]["image"]).read_bytes()
+    (images / records[1]["image"]).write_bytes(png[: len(png) // 2])
+    data = tmp_path / "four.json"
+    data.write_text(json.dumps(records))
+    path = EXAMPLES / "llava_v1_stage2.yaml"
+    overrides = tiny_overrides(path, towers, base_checkpoint, tiny_data, tmp_path / "out") + [
+        f"data.path={data}", f"data.image_folder={images}"]
+    assert main([str(path), *override_args(overrides)]) == 0
+    out = capfd.readouterr().out
+    assert f"{data}: invalid samples: kept 3 samples, dropped 1" in out and "image file is cut short" in out
+    stage = read_training_record(tmp_path / "out")["stages"][-1]
+    assert (stage["steps"], stage["data"]["samples"], stage["data"]["dropped"]) == (2, 3, 1)
+
+
+def test_sft_config_fields_the_old_schema_lacked_reach_the_trainer(towers, base_checkpoint, tiny_data, tmp_path,
+                                                                   capfd):
+    """A recipe's training section is SFTConfig: evaluation on held-out data and gradient clipping just work."""
+    path = EXAMPLES / "llava_v1_stage2.yaml"
+    overrides = tiny_overrides(path, towers, base_checkpoint, tiny_data, tmp_path / "out") + [
+        "training.eval_strategy=steps", "training.eval_steps=1", "training.per_device_eval_batch_size=8",
+        f"data.eval_path={tiny_data / 'conversations.json'}", "training.max_grad_norm=0.25"]
+    assert main([str(path), *override_args(overrides)]) == 0
+    out = capfd.readouterr().out
+    assert out.count("'eval_loss'") == 2  # after each of the two steps
+    assert float(out.split("'grad_norm': ")[1].split(",")[0].strip("'")) > 0
+    stage = read_training_record(tmp_path / "out")["stages"][-1]
+    assert dict(stage["hyperparameters"])["max_grad_norm"] == 0.25

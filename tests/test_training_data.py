@@ -12,6 +12,7 @@ from conftest import reference_path
 from transformers_llava.formats.instructions import load_instructions
 from transformers_llava.formats.stage1 import to_stage1_sample
 from transformers_llava.training.data import (
+    DataError,
     caption_pair,
     drop_too_long,
     load_captions,
@@ -147,6 +148,75 @@ def test_loss_mask_matches_the_original_v1_supervision_token_by_token(folder, ti
     supervised = [i for i, label in zip(ids, labels) if label != -100]
     assert processor.tokenizer.decode(supervised) == "A cat.</s> Black.</s> Small.</s>"
     assert all(label == -100 for label, i in zip(labels, ids) if i == processor.image_token_id)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"the file is empty \(0 bytes\)"),
+    (b"[]", r"holds no samples \(an empty list\)"),
+    (b'[{"id": 1, "conversations": [{"from": "human", "value": "caf\xe9"}]}]',
+     r"not UTF-8 text: byte 0xe9 at byte 60 \(line 1\)"),
+    (b'[{"id": 1, "image": "a.jpg",\n  "conversations": [{"from": "human", "val',
+     r"not valid JSON at line 2, column 39: Unterminated string \(the file ends in 'l', not '\]': cut short\?\)"),
+    (b'{"id": 1, "image": "a.jpg", "conversations": []}',
+     r"a single JSON object \(keys id, image, conversations\), not a list of samples"),
+    (b'[{"id": 1}, "just text"]', r"sample 1 is a JSON str, not an object"),
+])
+def test_a_data_file_that_is_not_a_list_of_samples_fails_naming_it(folder, content, message):
+    path = folder / "data.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_llava_json(path, folder / "img", on_invalid="skip")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: "):
+        load_captions(path, folder / "img", on_invalid="skip")
+
+
+def test_json_lines_still_load(folder):
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "image": "a.jpg", "conversations": conv("<image>\nQ", "A")})
+                              for i in range(3)) + "\n")
+    dataset, report = load_llava_json(path, folder / "img")
+    assert dataset["id"] == ["0", "1", "2"] and report.kept == 3
+    path.write_text(path.read_text() + '{"id": 3, "conv\n')
+    with pytest.raises(DataError, match=r"data\.jsonl: line 4 is not valid JSON"):
+        load_llava_json(path, folder / "img")
+
+
+def test_when_every_image_is_missing_the_report_is_the_error(folder):
+    path = write(folder, [{"id": f"s{i}", "image": f"gone{i}.jpg", "conversations": conv("<image>\nQ", "A")}
+                          for i in range(3)])
+    with pytest.raises(DataError, match=rf"(?s)^{re.escape(str(path))}: 0 valid samples of 3; first skipped: id s0: "
+                                        r"image file not found: .*gone0\.jpg.*\n  s2: image file not found"):
+        load_llava_json(path, folder / "img", on_invalid="skip")
+
+
+def test_an_image_that_exists_but_cannot_be_decoded_is_skipped_at_load(folder):
+    Image.new("RGB", (64, 48), "blue").save(folder / "img" / "whole.png")
+    png = (folder / "img" / "whole.png").read_bytes()
+    (folder / "img" / "cut.png").write_bytes(png[: len(png) // 2])
+    Image.new("RGB", (64, 48), "blue").save(folder / "img" / "whole.jpg", quality=95)
+    jpeg = (folder / "img" / "whole.jpg").read_bytes()
+    (folder / "img" / "cut.jpg").write_bytes(jpeg[: len(jpeg) - 10])
+    (folder / "img" / "text.jpg").write_text("not an image")
+    records = [{"id": name, "image": name, "conversations": conv("<image>\nQ", "A")}
+               for name in ("whole.png", "cut.png", "whole.jpg", "cut.jpg", "text.jpg")]
+    dataset, report = load_llava_json(write(folder, records), folder / "img", on_invalid="skip")
+    assert dataset["id"] == ["whole.png", "whole.jpg"]
+    reasons = dict(report.dropped)
+    assert "image file is cut short" in reasons["cut.png"] and "a PNG without its end marker" in reasons["cut.png"]
+    assert "a JPEG without its end marker" in reasons["cut.jpg"]
+    assert reasons["text.jpg"].startswith("image file cannot be read: ") and "text.jpg" in reasons["text.jpg"]
+    # What the loader let through decodes: training meets no broken image.
+    for paths in dataset["images"]:
+        Image.open(paths[0]).convert("RGB")
+
+
+def test_when_every_sample_is_too_long_the_error_says_so(folder, tiny):
+    _, processor = tiny
+    path = write(folder, [{"id": "long", "image": "a.jpg", "conversations": conv("<image>\nQ", "word " * 50)}])
+    dataset, _ = load_llava_json(path, folder / "img")
+    with pytest.raises(DataError, match=r"all 1 samples are over max_length=20 tokens \(the shortest is \d+; image "
+                                        r"tokens are never cut\): raise data.max_length"):
+        drop_too_long(dataset, processor, max_length=20)
 
 
 def test_encode_conversation_gives_the_original_v1_ids_and_labels_token_by_token(folder, tiny):

@@ -80,7 +80,7 @@ def tiny_overrides(recipe: Path, towers, base_checkpoint, tiny_data, output_dir,
             "llava_json": (tiny_data / "conversations.json", tiny_data / "images"),
             "scienceqa": (SCIENCEQA, tiny_data / "scienceqa")}[raw["data"]["format"]]
     overrides += [f"data.path={data[0]}", f"data.image_folder={data[1]}", f"training.output_dir={output_dir}"]
-    settings = {"max_steps": 2, "global_batch_size": 4, "per_device_batch_size": 2, "dataloader_num_workers": 0,
+    settings = {"max_steps": 2, "global_batch_size": 4, "per_device_train_batch_size": 2, "dataloader_num_workers": 0,
                 **training}
     return overrides + [f"training.{key}={value}" for key, value in settings.items()]
 

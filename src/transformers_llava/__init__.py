@@ -65,6 +65,10 @@ def _register() -> None:
 
 _register()
 
+from .checkpoints import auto_classes as _auto_classes  # noqa: E402
+
+_auto_classes.register()  # original releases through AutoConfig / AutoModel* / AutoProcessor / pipeline
+
 __all__ = [
     "LlavaConfig",
     "LlavaPreTrainedModel",

@@ -21,6 +21,10 @@ from transformers.conversion_mapping import register_checkpoint_conversion_mappi
 from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_llava import MODEL_TYPE, TransformersLlavaConfig, projector_depth
 
@@ -94,6 +98,19 @@ class LlavaMultiModalProjector(nn.Module):
         return hidden
 
 
+def suppress_image_token(model) -> None:
+    """The `<image>` token is an input placeholder, never an answer: `generate` suppresses it by default.
+
+    Set when the model is built or loaded, and only where the generation config names no `suppress_tokens` yet, so
+    it is saved in generation_config.json and a config that says otherwise is kept. `generate(...,
+    suppress_tokens=[])` (or `model.generation_config.suppress_tokens = []`) lets the model emit it; a decoding step
+    that receives it embeds it as a text token.
+    """
+    generation_config = getattr(model, "generation_config", None) if model.can_generate() else None
+    if generation_config is not None and generation_config.suppress_tokens is None:
+        generation_config.suppress_tokens = [model.config.image_token_id]
+
+
 class TransformersLlavaPreTrainedModel(PreTrainedModel):
     config_class = TransformersLlavaConfig
     config: TransformersLlavaConfig
@@ -106,6 +123,26 @@ class TransformersLlavaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a checkpoint of this package with its training record (`training_record.json`), or an original
+        LLaVA release or llava-hf checkpoint, converted as it loads (`checkpoints.loaders.load_foreign_model`).
+        The backbone (`AutoModel`) loads every layout too."""
+        checkpoints = package_checkpoints()
+        model = None
+        if checkpoints is not None:
+            model = checkpoints.load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs)
+        if model is None:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            record = None if checkpoints is None or pretrained_model_name_or_path is None else \
+                checkpoints.read_training_record(pretrained_model_name_or_path, **kwargs)
+            if record is not None:
+                checkpoints.set_provenance((model[0] if isinstance(model, tuple) else model).config, record)
+        # Checkpoints saved before the default, or without generation_config.json. `output_loading_info=True`
+        # returns (model, info).
+        suppress_image_token(model[0] if isinstance(model, tuple) else model)
+        return model
 
     def _init_weights(self, module):
         # Towers initialise themselves (they are PreTrainedModels); only the projector is ours.
@@ -134,32 +171,35 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
     def set_input_embeddings(self, value):
         self.language_model.set_input_embeddings(value)
 
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
-        """Encode `pixel_values [N_img, 3, H, W]`; `pooler_output` is a list of `N_img` tensors `[T, D_llm]`."""
-        layers = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-        layers = [layers] if isinstance(layers, int) else list(layers)
+        """Encode `pixel_values [N_img, 3, H, W]`; `pooler_output` is a list of `N_img` tensors `[T, D_llm]`.
+
+        The rest is the vision tower's own output, as in transformers' Llava: `hidden_states` / `attentions` when
+        asked for (`output_hidden_states=True`, `output_attentions=True`, or the vision config's flags); a tuple
+        with `return_dict=False`. Only the selected layers are captured otherwise.
+        """
+        layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else list(vision_feature_layer)
         tower_dtype = self.vision_tower.dtype
         # A frozen tower (every LLaVA stage) needs no autograd graph: no activations kept for backward.
         frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.no_grad() if frozen and torch.is_grad_enabled() else nullcontext():
-            tower_out = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
+            tower_out = self.vision_tower(pixel_values.to(tower_dtype), return_dict=True, **kwargs)
         selected = [tower_out.hidden_states[layer] for layer in layers]  # each [N_img, 1 + P, D_vis]
-        if strategy == "default":
+        if vision_feature_select_strategy == "default":
             selected = [hidden[:, 1:] for hidden in selected]  # CLS dropped: the paper uses patch features only
         features = torch.cat(selected, dim=-1)  # [N_img, T, D_vis * n_layers]
         projected = self.multi_modal_projector(features.to(self.multi_modal_projector.linear_1.weight.dtype))
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tower_out.last_hidden_state,
-            pooler_output=list(projected),  # [T, D_llm] per image
-            hidden_states=tower_out.hidden_states if kwargs.get("output_hidden_states") else None,
-        )
+        tower_out.pooler_output = list(projected)  # [T, D_llm] per image
+        return tower_out
 
     def _image_token_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
         if input_ids is not None:
@@ -182,6 +222,7 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
             "must be expanded by the processor into exactly that many tokens; a truncated sequence cuts them."
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -194,8 +235,11 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         use_cache: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaModelOutputWithPast:
+        """Without image features (no `pixel_values` / `mm_encoder_outputs`), image tokens in `input_ids` are
+        embedded as ordinary tokens, as in transformers' Llava: a decoding step that generated `<image>`, or an
+        assistant model in assisted generation (which is given the ids but not the image), never fails."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if pixel_values is not None and (mm_encoder_outputs or {}).get("image") is not None:
@@ -205,7 +249,12 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
 
         encoded = (mm_encoder_outputs or {}).get("image")
         if encoded is None and pixel_values is not None:
-            encoded = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+            encoded = self.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                return_dict=True,
+            )
         image_features = None
         if encoded is not None:
             mask = self._image_token_mask(input_ids, inputs_embeds)  # [B, L]
@@ -213,11 +262,6 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
             image_features = torch.cat(encoded.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
             # Placeholders are filled in reading order: row by row, left to right, image after image.
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
-        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
-            raise ValueError(
-                f"input_ids hold {(input_ids == self.config.image_token_id).sum().item()} image tokens but no "
-                "pixel_values (or mm_encoder_outputs) were given."
-            )
 
         if position_ids is not None and attention_mask is None and past_key_values is None:
             # Several samples packed along the time axis (positions restart at 0 per sample): the LLM builds a
@@ -229,6 +273,7 @@ class TransformersLlavaModel(TransformersLlavaPreTrainedModel):
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return LlavaModelOutputWithPast(
@@ -251,23 +296,8 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         self.model = TransformersLlavaModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        suppress_image_token(self)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a checkpoint of this package with its training record (`training_record.json`), or an original
-        LLaVA release or llava-hf checkpoint, converted as it loads (`checkpoints.loaders.load_foreign_model`)."""
-        checkpoints = package_checkpoints()
-        if checkpoints is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = checkpoints.load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs)
-        if model is not None:
-            return model
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        record = None if pretrained_model_name_or_path is None else \
-            checkpoints.read_training_record(pretrained_model_name_or_path, **kwargs)
-        if record is not None:
-            checkpoints.set_provenance(model.config, record)
-        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also map `AutoModel` (the backbone) in the saved `auto_map`, for loading without the package."""
@@ -303,9 +333,45 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kw):
-        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kw)
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        """Without a cache every step re-reads the whole sequence with its images. `<image>` tokens generated since
+        the prompt (allowed with `suppress_tokens=[]`) are then text: the image features fill the prompt's
+        placeholders only, and the step gets the embeddings."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        ids, pixel_values = inputs.get("input_ids"), inputs.get("pixel_values")
+        encoded = (inputs.get("mm_encoder_outputs") or {}).get("image")  # generate encodes the images up front
+        if kwargs.get("is_first_iteration") or ids is None or (pixel_values is None and encoded is None):
+            return inputs
+        mask = ids == self.config.image_token_id  # [B, L]
+        if encoded is None:
+            encoded = self.model.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=inputs.get("vision_feature_layer"),
+                vision_feature_select_strategy=inputs.get("vision_feature_select_strategy"),
+                return_dict=True,
+            )
+        features = torch.cat(encoded.pooler_output)  # [N_img * T, D_llm]
+        # Generated tokens are the last g of every row: the smallest g that leaves exactly the prompt's placeholders.
+        in_suffix = torch.cat([mask.new_zeros(1, dtype=torch.long), mask.flip(-1).sum(0).cumsum(0)])  # [L + 1]
+        fits = (mask.sum() - in_suffix == len(features)).nonzero()
+        if len(fits) == 0 or int(fits[0]) == 0:
+            return inputs  # nothing generated is an image token, or a real mismatch the forward reports
+        prompt_mask = mask.clone()
+        prompt_mask[:, ids.shape[1] - int(fits[0]):] = False
+        embeds = self.get_input_embeddings()(ids)
+        inputs["inputs_embeds"] = embeds.masked_scatter(prompt_mask.unsqueeze(-1), features.to(embeds.dtype))
+        inputs["input_ids"] = inputs["pixel_values"] = inputs["mm_encoder_outputs"] = None
+        return inputs
 
+    def get_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kw):
+        return self.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kw,
+        )
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -319,7 +385,7 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaCausalLMOutputWithPast:
         """`logits_to_keep`: as in transformers (`slice_logits_to_keep`); a boolean `[B, L]` mask gives logits
         `[N_kept, V]` at those positions only (training's loss, see `training/trainer.py`)."""
@@ -333,6 +399,7 @@ class TransformersLlavaForConditionalGeneration(TransformersLlavaPreTrainedModel
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # [B, L', D_llm] or [N_kept, D_llm]

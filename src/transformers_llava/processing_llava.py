@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from transformers.image_utils import make_flat_list_of_images
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.utils.chat_template_utils import render_jinja_template
 
 IGNORE_INDEX = -100  # label of a token that carries no loss
@@ -84,24 +84,38 @@ class TransformersLlavaProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """Like `LlavaProcessor.__call__`, with one rule on special tokens: every prompt starts with exactly one BOS.
+        """Like `LlavaProcessor.__call__`, with one default on special tokens: every prompt starts with exactly one BOS.
 
-        The original LLaVA tokenised each prompt with one leading BOS. The chat templates render the original text
-        without it, and callers such as TRL's collator pass `add_special_tokens=False` to avoid a second one; so the
-        tokenizer's special tokens are added exactly when the text does not already start with BOS.
+        The original LLaVA tokenised each prompt with one leading BOS, and the chat templates render the original
+        text without it. So unless `add_special_tokens` is given, the tokenizer's special tokens are added exactly
+        when the text does not already start with BOS. An explicit `add_special_tokens` is honoured as given (the
+        ids are then exactly the text's tokens, as `text_replacement_offsets` and vLLM assume).
         """
+        explicit = "add_special_tokens" in kwargs or "add_special_tokens" in kwargs.get("text_kwargs", {})
         bos = getattr(self.tokenizer, "bos_token", None)
         texts = [text] if isinstance(text, str) else text
-        if bos and texts and all(isinstance(sample, str) for sample in texts):
+        if not explicit and bos and texts and all(isinstance(sample, str) for sample in texts):
             starts = {sample.startswith(bos) for sample in texts}
             if len(starts) > 1:
                 raise ValueError(
                     f"Some prompts in this batch start with {bos!r} and some do not; render them all the same way."
                 )
-            kwargs.pop("add_special_tokens", None)
-            kwargs.get("text_kwargs", {}).pop("add_special_tokens", None)
             kwargs["add_special_tokens"] = not starts.pop()
         return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """`ProcessorMixin.apply_chat_template`; a tokenised conversation always starts with exactly one BOS.
+
+        The templates leave the BOS out (the original added it when tokenising), so an `add_special_tokens` meant
+        for templates that write it themselves (TRL's collator passes `False`) is not applied to a conversation.
+        """
+        if kwargs.get("tokenize"):
+            kwargs.pop("add_special_tokens", None)
+            if kwargs.get("processor_kwargs"):
+                kwargs["processor_kwargs"] = {
+                    k: v for k, v in kwargs["processor_kwargs"].items() if k != "add_special_tokens"
+                }
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -118,6 +132,17 @@ class TransformersLlavaProcessor(ProcessorMixin):
             raise ValueError("LlavaProcessor.patch_size is not set; it is needed to count image tokens.")
         count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
         return count - 1 if self.vision_feature_select_strategy == "default" else count
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder tokens per image for images of the given `(height, width)` sizes, as transformers'
+        `LlavaProcessor` reports them (vLLM and transformers' tests read it). Every image is resized and cropped or
+        padded to `crop_size` first, so each becomes the same number of tokens whatever its size."""
+        vision_data = {}
+        if image_sizes is not None:
+            crop = self._merge_kwargs(**kwargs)["images_kwargs"].get("crop_size") or self.image_processor.crop_size
+            count = self.num_image_tokens(crop["height"], crop["width"])
+            vision_data.update(num_image_tokens=[count] * len(image_sizes), num_image_patches=[1] * len(image_sizes))
+        return MultiModalData(**vision_data)
 
     @property
     def tokens_per_image(self) -> int:

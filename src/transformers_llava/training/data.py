@@ -9,15 +9,20 @@ A LLaVA record is `{id, image?, conversations: [{from: human|gpt, value}]}` (ins
 `{"type": "image"}` part per `<image>` (moved to the front of its turn, as the original did) and the images as
 file paths, opened only when a batch is collated — 595K images are never decoded up front. Invalid samples
 (missing image file, wrong role order, empty turn, more `<image>` than images) are skipped and reported, or fail
-the load, by choice; every report line names the sample id.
+the load, by choice; every report line names the sample id. An image that exists but cannot be read (not an image,
+cut short) is invalid too: its header and end are read at load, so training never meets it at step N or on resume.
+A file that is not a JSON list of samples (empty, not UTF-8, cut short, a single object), or that leaves no valid
+sample, is a `DataError` naming the file, and the line and column where known.
 """
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 import datasets
+from PIL import Image
 
 from ..formats.stage1 import caption_pair, to_stage1_sample
 
@@ -25,6 +30,10 @@ IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 OnInvalid = Literal["fail", "skip"]
 logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A data file, or the samples in it, that cannot be trained on; the message names the file."""
 
 
 @dataclass
@@ -74,6 +83,32 @@ def check_record(record: dict, images: list[str]) -> str | None:
     missing = [path for path in images if not os.path.isfile(path)]
     if missing:
         return f"image file not found: {missing[0]}"
+    for path in images:
+        problem = image_problem(path)
+        if problem:
+            return problem
+    return None
+
+
+# How an image file of these formats ends: a file cut short lacks it (its header still opens).
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+
+
+def image_problem(path: str) -> str | None:
+    """Why the image file at `path` cannot be decoded, found cheaply (its header and its last 4 KiB), or None."""
+    try:
+        with Image.open(path) as image:
+            kind = image.format
+    except Image.DecompressionBombError:
+        return None  # large, not broken: the processor's own pixel limit decides when it is loaded
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"image file cannot be read: {path} ({error})"
+    marker = END_MARKERS.get(kind)
+    if marker is not None:
+        with open(path, "rb") as file:
+            file.seek(max(0, os.path.getsize(path) - 4096))
+            if marker not in file.read():
+                return f"image file is cut short: {path} (a {kind} without its end marker)"
     return None
 
 
@@ -108,7 +143,7 @@ def _finish(dataset, on_invalid: OnInvalid, source: str):
 
         def keep(example):
             if example["problem"] and on_invalid == "fail":
-                raise ValueError(f"{source}: sample {example['id']}: {example['problem']}")
+                raise DataError(f"{source}: sample {example['id']}: {example['problem']}")
             if example["problem"]:
                 logger.warning(f"{source}: sample {example['id']} skipped: {example['problem']}")
             return example["problem"] is None
@@ -116,18 +151,98 @@ def _finish(dataset, on_invalid: OnInvalid, source: str):
     problems = [(i, p) for i, p in zip(dataset["id"], dataset["problem"]) if p]
     report = DataReport(kept=len(dataset) - len(problems), dropped=problems)
     if problems and on_invalid == "fail":
-        raise ValueError(f"{source}: {len(problems)} invalid sample(s) (on_invalid='skip' drops them):\n{report}")
+        raise DataError(f"{source}: {len(problems)} invalid sample(s) (on_invalid='skip' drops them):\n{report}")
+    if problems and report.kept == 0:
+        first_id, first_reason = problems[0]
+        raise DataError(f"{source}: 0 valid samples of {len(problems)}; first skipped: id {first_id}: {first_reason}"
+                        f"\n{report}")
     dataset = dataset.filter(lambda problem: problem is None, input_columns="problem") if problems else dataset
     return dataset.remove_columns("problem"), report
 
 
+def _position(text: str, index: int) -> str:
+    line = text.count("\n", 0, index) + 1
+    return f"line {line}, column {index - (text.rfind(chr(10), 0, index) + 1) + 1}"
+
+
+def read_records(path) -> list[dict]:
+    """A LLaVA JSON file (a list of samples) or JSON Lines file (one sample per line) as a list of dicts; a file
+    that is none of these is a `DataError` naming it, and the line and column where known."""
+    path = str(path)
+    try:
+        raw = open(path, "rb").read()
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty ({len(raw)} bytes); expected a JSON list of samples")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path}: not UTF-8 text: byte 0x{raw[error.start]:02x} at byte {error.start} (line {line}); "
+                        "LLaVA data files are UTF-8 JSON") from None
+    del raw  # a 1 GB file: keep one copy of it, not two
+    if path.endswith(".jsonl"):
+        records = _json_lines(text, path)
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            if error.msg != "Extra data":
+                reason = error.msg.removesuffix(" at").removesuffix(" starting")
+                ending = text.rstrip()[-1]
+                raise DataError(f"{path}: not valid JSON at {_position(text, error.pos)}: {reason}"
+                                + (f" (the file ends in {ending!r}, not ']': cut short?)" if ending != "]" else "")
+                                ) from None
+            records = _json_lines(text, path)  # one object per line, under a .json name
+    if isinstance(records, dict):
+        raise DataError(f"{path}: a single JSON object (keys {', '.join(list(records)[:5])}), not a list of samples; "
+                        "LLaVA data is a list: [{\"id\": ..., \"image\": ..., \"conversations\": [...]}, ...]")
+    if not isinstance(records, list):
+        raise DataError(f"{path}: a JSON {type(records).__name__}, not a list of samples")
+    if not records:
+        raise DataError(f"{path}: holds no samples (an empty list)")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: sample {index} is a JSON {type(record).__name__}, not an object "
+                            f"({json.dumps(record)[:60]})")
+    return records
+
+
+def _json_lines(text: str, path: str) -> list:
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}: line {number} is not valid JSON: {error.msg} at column {error.colno}"
+                                ) from None
+    return records
+
+
 def _load_records(path, streaming: bool):
-    return datasets.load_dataset("json", data_files=str(path), split="train", streaming=streaming)
+    if streaming:  # read as it streams; only what can be seen up front is checked here
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise DataError(f"{path}: " + ("the file is empty" if os.path.isfile(path) else "file not found"))
+        return datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    return read_records(path)
+
+
+def _convert(records, function, source: str):
+    """Each record through `function` (the map of a stream; a list of records becomes a Dataset of the results)."""
+    if isinstance(records, datasets.IterableDataset):
+        return records.map(function, remove_columns=list(records.column_names or []))
+    from tqdm.auto import tqdm
+
+    examples = [function(record) for record in tqdm(records, desc=f"Checking {os.path.basename(source)}",
+                                                     unit=" samples", disable=len(records) < 1000)]
+    return datasets.Dataset.from_list(examples)
 
 
 def _map(dataset, function, **kwargs):
     """`dataset.map` that never reuses a cached result: the cache key does not see changes in the helpers the
-    function calls, and these conversions are cheap next to reading the JSON (which datasets still caches)."""
+    function calls, and these conversions are cheap."""
     if not isinstance(dataset, datasets.IterableDataset):
         kwargs["load_from_cache_file"] = False
     return dataset.map(function, **kwargs)
@@ -137,8 +252,7 @@ def load_llava_json(path, image_folder=None, *, streaming: bool = False, on_inva
     """Load a LLaVA JSON/JSONL file; returns `(dataset, report)` (`report` is None when streaming: dropped samples
     are logged as they stream past — or raise, with `on_invalid="fail"`)."""
     records = _load_records(path, streaming)
-    dataset = _map(records, record_to_example, fn_kwargs={"image_folder": image_folder},
-                   remove_columns=list(records.column_names or []))
+    dataset = _convert(records, lambda record: record_to_example(record, image_folder), str(path))
     return _finish(dataset, on_invalid, str(path))
 
 
@@ -147,9 +261,8 @@ def load_captions(path, image_folder=None, *, seed: int = 0, streaming: bool = F
     """Stage-1 data from `{id, image, caption}` records (e.g. CC3M `metadata.json`); returns `(dataset, report)`."""
     records = _load_records(path, streaming)
     # The question is one of the paper's brief ones (Table 11), drawn from (seed, id): independent of data order.
-    dataset = _map(records, lambda r: record_to_example(to_stage1_sample(caption_pair(r), seed, "before"),
-                                                        image_folder),
-                   remove_columns=list(records.column_names or []))
+    dataset = _convert(records, lambda r: record_to_example(to_stage1_sample(caption_pair(r), seed, "before"),
+                                                            image_folder), str(path))
     return _finish(dataset, on_invalid, str(path))
 
 
@@ -164,18 +277,22 @@ def drop_too_long(dataset, processor, max_length: int, *, on_too_long: Literal["
     if isinstance(with_length, datasets.IterableDataset):
         def fits(example):
             if example["length"] > max_length and on_too_long == "fail":
-                raise ValueError(f"sample {example['id']} is {example['length']} tokens, over max_length={max_length}")
+                raise DataError(f"sample {example['id']} is {example['length']} tokens, over max_length={max_length}")
             return example["length"] <= max_length
         return with_length.filter(fits).remove_columns("length"), None
     too_long = [(i, f"{n} tokens > max_length={max_length}")
                 for i, n in zip(with_length["id"], with_length["length"]) if n > max_length]
     report = DataReport(kept=len(dataset) - len(too_long), dropped=too_long)
     if too_long and on_too_long == "fail":
-        raise ValueError(f"{len(too_long)} sample(s) longer than max_length={max_length} (image tokens are never "
+        raise DataError(f"{len(too_long)} sample(s) longer than max_length={max_length} (image tokens are never "
                          f"cut; on_too_long='drop' removes them):\n{report}")
+    if too_long and report.kept == 0:
+        raise DataError(f"all {len(too_long)} samples are over max_length={max_length} tokens (the shortest is "
+                        f"{min(with_length['length'])}; image tokens are never cut): raise data.max_length")
     kept = with_length.filter(lambda n: n <= max_length, input_columns="length") if too_long else with_length
     return kept.remove_columns("length"), report
 
 
-__all__ = ["load_llava_json", "load_captions", "drop_too_long", "record_to_example", "caption_pair",
+__all__ = ["DataError", "read_records", "image_problem", "load_llava_json", "load_captions", "drop_too_long",
+           "record_to_example", "caption_pair",
            "sequence_length", "DataReport"]

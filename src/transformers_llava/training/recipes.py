@@ -1,34 +1,38 @@
-"""Training recipes as data: a YAML file -> a validated `Recipe`, with clear errors for every field.
+"""Training recipes as data: a YAML file -> a validated `Recipe` whose `training` is TRL's own `SFTConfig`.
 
-    recipe = load_recipe("examples/llava_v1_stage1.yaml", overrides=["training.max_steps=10"], num_processes=8)
-    recipe.gradient_accumulation_steps      # global batch / (per-device batch x processes)
-    recipe.identity()                       # what makes two runs "the same run" (see `IGNORED_IN_IDENTITY`)
+    recipe = load_recipe("examples/llava_v1_stage1.yaml", overrides=["training.max_grad_norm=0.5"], num_processes=8)
+    recipe.training                         # an SFTConfig: every field of it can be set in the recipe
+    recipe.llava.projector_lr               # what is LLaVA's: global batch, projector rate, packing, grouping
+    recipe.identity()                       # what makes two runs "the same run" (see `ignored_in_identity`)
 
-A recipe has four sections (`model`, `data`, `training`, `lora`) plus the `stage`; every key is checked against the
-schema below (unknown keys, wrong types, impossible combinations), and each error names the file, the key and the
-values involved. Numbers such as `2e-5` are read as floats (YAML 1.1 reads them as strings). `--override` values
-are parsed as YAML too: `training.learning_rate=1e-4`, `data.streaming=true`, `model.checkpoint=null`.
+A recipe has the `stage` and four sections. `model`, `data` and `lora` are LLaVA's and checked against the schema
+below. `training` is `SFTConfig`, parsed by TRL's `TrlParser` (`arguments.py`), so a typo or a bad value
+(`lr_scheduler_type: cosnie`, `optim: adamw_trch`, an unknown key) is refused by the library that owns the field;
+our message adds the file and the key. Four keys of `training` are LLaVA's (`LlavaTrainingArguments`):
+`global_batch_size` (gradient accumulation is worked out from it at launch), `projector_lr`, `padding_free` (our
+packed collator: TRL's own refuses image data) and `group_by_modality_length`. `check_recipe` refuses what the
+libraries accept but cannot train; `inputs.check_inputs` the files that are not there. `--override` values are
+parsed as YAML (`training.learning_rate=1e-4`, `data.streaming=true`, `model.checkpoint=null`). The YAML loader
+refuses a key given twice in one mapping, naming it and both lines.
 """
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import types
 import typing
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Literal
 
 import yaml
+from trl import SFTConfig
 
 from ..chat_templates import FORMATS
 from ..configuration_llava import projector_depth
+from .arguments import LlavaTrainingArguments, RecipeError, parse_training, unknown_key
 from .stages import STAGES
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run, with the file and the key at fault."""
 
 
 @dataclass
@@ -58,31 +62,8 @@ class DataSection:
     on_invalid: Literal["fail", "skip"] = "skip"
     on_too_long: Literal["drop", "fail"] = "drop"
     streaming: bool = False  # needs training.max_steps
-
-
-@dataclass
-class TrainingSection:
-    output_dir: str
-    global_batch_size: int  # per-device batch x processes x gradient accumulation
-    per_device_batch_size: int
-    learning_rate: float
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    projector_lr: float | None = None  # the projector's own rate (the original's mm_projector_lr)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    optim: str = "adamw_torch"
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    padding_free: bool = False  # pack each batch into one row (positions restart per sample): no padding computed
-    group_by_modality_length: bool = False  # every optimizer step from one modality (LLaVA-1.5); not with streaming
-    seed: int = 42
-    save_steps: int = 500
-    save_total_limit: int | None = 1
-    logging_steps: int = 1
-    dataloader_num_workers: int = 4
-    report_to: str = "none"
+    eval_path: str | None = None  # held-out samples in the same format, for training.eval_strategy
+    eval_split: str | None = None  # scienceqa only: the held-out split (e.g. val), for training.eval_strategy
 
 
 @dataclass
@@ -92,41 +73,83 @@ class LoraSection:
     dropout: float = 0.05
 
 
+# `training` keys a resumed run may change without becoming a different run: they do not touch the weights.
+IGNORED_IN_IDENTITY = ("output_dir", "save_*", "logging_*", "report_to", "run_name", "push_to_hub", "hub_*",
+                       "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+                       "dataloader_prefetch_factor", "disable_tqdm", "eval_*", "per_device_eval_batch_size",
+                       "resume_from_checkpoint", "use_cpu")
+
+
+def ignored_in_identity(key: str) -> bool:
+    """Whether `training.<key>` may change between attempts of one run."""
+    return any(fnmatch(key, pattern) for pattern in IGNORED_IN_IDENTITY)
+
+
 @dataclass
 class Recipe:
     stage: Literal["stage1", "stage2", "lora"]
     model: ModelSection
     data: DataSection
-    training: TrainingSection
+    training: SFTConfig
+    llava: LlavaTrainingArguments
     lora: LoraSection | None = None
-    source: str = field(default="<dict>", compare=False)
-    num_processes: int = field(default=1, compare=False)
+    training_keys: dict = field(default_factory=dict)  # the training section as given (values as parsed)
+    source: str = "<dict>"
+    num_processes: int = 1
+
+    @property
+    def global_batch_size(self) -> int:
+        t = self.training
+        return t.per_device_train_batch_size * self.num_processes * t.gradient_accumulation_steps
 
     @property
     def gradient_accumulation_steps(self) -> int:
-        return self.training.global_batch_size // (self.training.per_device_batch_size * self.num_processes)
+        return self.training.gradient_accumulation_steps
 
     def to_dict(self) -> dict:
-        """The recipe's settings (without where it was read from)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.compare}
+        """The recipe's settings as written (without where it was read from): `training` holds the keys given."""
+        settings = {"stage": self.stage, "model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
+                    "training": dict(self.training_keys)}
+        if self.lora is not None:
+            settings["lora"] = dataclasses.asdict(self.lora)
+        return settings
 
     def identity(self) -> str:
         """A hash of every setting that changes the trained weights: equal for a rerun of the same run."""
         settings = self.to_dict()
-        for dotted in IGNORED_IN_IDENTITY:
-            section, key = dotted.split(".")
-            settings[section].pop(key, None)
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        settings["training"] = {k: v for k, v in settings["training"].items() if not ignored_in_identity(k)}
+        for section in ("model", "data", "lora"):  # unset keys: a key added to the schema is not a new run
+            if section in settings:
+                settings[section] = {k: v for k, v in settings[section].items() if v is not None}
+        for key in ("eval_path", "eval_split"):  # held-out data is only evaluated on
+            settings["data"].pop(key, None)
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# Settings a resumed run may change without becoming a different run: they do not touch the weights.
-IGNORED_IN_IDENTITY = ("training.output_dir", "training.save_steps", "training.save_total_limit",
-                       "training.logging_steps", "training.dataloader_num_workers", "training.report_to")
-SECTIONS = {"model": ModelSection, "data": DataSection, "training": TrainingSection, "lora": LoraSection}
+SECTIONS = {"model": ModelSection, "data": DataSection, "lora": LoraSection}
 
 
-def _plain(value):
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RecipeError(f"key {key!r} is given twice in one mapping (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); YAML would keep only the last")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path):
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_DuplicateKeyLoader)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from error
 
 
 def _describe(annotation) -> str:
@@ -176,13 +199,11 @@ def _build(cls, values, where: str):
     """A section dataclass from a mapping: unknown keys, missing keys and wrong types are errors."""
     if not isinstance(values, dict):
         raise RecipeError(f"{where}: expected a mapping of keys, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.compare}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in values:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(fields)}"
-            raise RecipeError(f"{where}: unknown key {key!r}{hint}")
+            raise unknown_key(key, fields, where)
     missing = [name for name, f in fields.items() if name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -210,12 +231,10 @@ def recipe_from_dict(raw: dict, source: str = "<dict>", num_processes: int = 1) 
     """Build and validate a recipe from its mapping (as read from YAML)."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe is a mapping with keys stage, model, data, training (and lora)")
-    known = {"stage", *SECTIONS}
+    known = {"stage", "training", *SECTIONS}
     unknown = [key for key in raw if key not in known]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
-        raise RecipeError(f"{source}: unknown key {unknown[0]!r}{hint}")
+        raise unknown_key(unknown[0], known, source)
     for key in ("stage", "model", "data", "training"):
         if key not in raw:
             raise RecipeError(f"{source}: missing required key {key!r}")
@@ -227,23 +246,28 @@ def recipe_from_dict(raw: dict, source: str = "<dict>", num_processes: int = 1) 
         lora = {}
     sections = {name: _build(cls, raw[name] if name != "lora" else lora, f"{source}: {name}")
                 for name, cls in SECTIONS.items() if name != "lora" or lora is not None}
-    recipe = Recipe(stage=stage, **sections, source=source, num_processes=num_processes)
+    training, llava, keys = parse_training(raw["training"], f"{source}: training", num_processes)
+    recipe = Recipe(stage=stage, **sections, training=training, llava=llava, training_keys=keys, source=source,
+                    num_processes=num_processes)
     check_recipe(recipe)
     return recipe
 
 
-def load_recipe(path, overrides: list[str] = (), num_processes: int = 1) -> Recipe:
-    """Read, override and validate a YAML recipe for a run on `num_processes` processes."""
+def load_recipe(path, overrides: list[str] = (), num_processes: int = 1, check_files: bool = True) -> Recipe:
+    """Read, override and validate a YAML recipe for a run on `num_processes` processes; with `check_files`, the
+    files and folders it names must exist (`inputs.check_inputs`)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML: {error}") from error
+    raw = read_yaml(path) or {}
     for override in overrides:
         apply_override(raw, override)
-    return recipe_from_dict(raw, str(path), num_processes)
+    recipe = recipe_from_dict(raw, str(path), num_processes)
+    if check_files:
+        from .inputs import check_inputs
+
+        check_inputs(recipe)
+    return recipe
 
 
 def _fail(recipe: Recipe, message: str):
@@ -251,8 +275,8 @@ def _fail(recipe: Recipe, message: str):
 
 
 def check_recipe(recipe: Recipe) -> None:
-    """Checks across keys: what a type alone cannot say."""
-    model, data, training = recipe.model, recipe.data, recipe.training
+    """Checks across keys, and values the libraries accept but that cannot train: what a type alone cannot say."""
+    model, data, training, llava = recipe.model, recipe.data, recipe.training, recipe.llava
     towers = model.vision_tower is not None or model.language_model is not None
     if bool(model.checkpoint) == towers:
         _fail(recipe, "model: give either checkpoint (continue a LLaVA) or vision_tower and language_model (build a "
@@ -278,7 +302,7 @@ def check_recipe(recipe: Recipe) -> None:
                       "so that the saved adapter can find its base model")
     if recipe.lora is not None and recipe.stage != "lora":
         _fail(recipe, f"a lora section is only used by stage lora, not {recipe.stage}")
-    scienceqa_only = [k for k in ("split", "prompt_format") if getattr(data, k) is not None]
+    scienceqa_only = [k for k in ("split", "prompt_format", "eval_split") if getattr(data, k) is not None]
     if data.format != "scienceqa" and scienceqa_only:
         _fail(recipe, f"data.{scienceqa_only[0]} only applies to data.format scienceqa, not {data.format}")
     if data.format == "scienceqa" and data.prompt_format is not None:
@@ -288,30 +312,36 @@ def check_recipe(recipe: Recipe) -> None:
             parse_prompt_format(data.prompt_format)
         except ValueError as error:
             _fail(recipe, f"data.prompt_format: {error}")
+    if data.format == "scienceqa" and data.eval_path is not None:
+        _fail(recipe, "data.eval_path: ScienceQA's held-out samples are a split of data.path: give data.eval_split")
+    evaluates = str(getattr(training.eval_strategy, "value", training.eval_strategy)) != "no"
+    if evaluates and not (data.eval_path or data.eval_split):
+        _fail(recipe, f"training.eval_strategy={training.eval_strategy.value} needs held-out data: data.eval_path "
+                      "(data.eval_split for ScienceQA)")
     if data.streaming and training.max_steps <= 0:
         _fail(recipe, "data.streaming needs training.max_steps > 0: a stream has no length to count epochs by")
-    if data.streaming and training.group_by_modality_length:
+    if data.streaming and llava.group_by_modality_length:
         _fail(recipe, "training.group_by_modality_length needs the whole dataset to order; it cannot be combined "
                       "with data.streaming=true")
-    positive = {"data.max_length": data.max_length, "training.global_batch_size": training.global_batch_size,
-                "training.per_device_batch_size": training.per_device_batch_size,
-                "training.learning_rate": training.learning_rate, "training.save_steps": training.save_steps,
-                "training.logging_steps": training.logging_steps}
+    positive = {"data.max_length": data.max_length, "training.per_device_train_batch_size":
+                training.per_device_train_batch_size, "training.learning_rate": training.learning_rate,
+                "training.gradient_accumulation_steps": training.gradient_accumulation_steps}
+    if llava.global_batch_size is not None:
+        positive["training.global_batch_size"] = llava.global_batch_size
+    if llava.projector_lr is not None:  # a negative rate runs gradient ascent on the projector
+        positive["training.projector_lr"] = llava.projector_lr
     if training.max_steps <= 0:
         positive["training.num_train_epochs"] = training.num_train_epochs
     for key, value in positive.items():
         if value <= 0:
             _fail(recipe, f"{key} must be > 0, got {value}")
-    if not 0 <= training.warmup_ratio < 1:
-        _fail(recipe, f"training.warmup_ratio must be in [0, 1), got {training.warmup_ratio}")
-    per_step = training.per_device_batch_size * recipe.num_processes
-    if training.global_batch_size % per_step:
-        _fail(recipe, f"training.global_batch_size={training.global_batch_size} is not divisible by "
-                      f"per_device_batch_size={training.per_device_batch_size} x {recipe.num_processes} process(es) "
-                      f"= {per_step}; the gradient accumulation steps would not be a whole number")
+    if training.dataloader_num_workers < 0:
+        _fail(recipe, f"training.dataloader_num_workers must be >= 0 (0: load in the training process), got "
+                      f"{training.dataloader_num_workers}")
     if recipe.lora is not None and min(recipe.lora.r, recipe.lora.alpha) <= 0:
         _fail(recipe, f"lora.r and lora.alpha must be > 0, got r={recipe.lora.r}, alpha={recipe.lora.alpha}")
 
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "apply_override", "ModelSection",
-           "DataSection", "TrainingSection", "LoraSection", "IGNORED_IN_IDENTITY"]
+__all__ = ["Recipe", "RecipeError", "load_recipe", "recipe_from_dict", "apply_override", "parse_training",
+           "ModelSection", "DataSection", "LlavaTrainingArguments", "LoraSection", "IGNORED_IN_IDENTITY",
+           "ignored_in_identity", "read_yaml"]

@@ -17,12 +17,11 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from trl import SFTConfig
 
 from ..builder import build_llava
 from ..chat_templates import load_chat_template
 from .checkpointing import claim_output_dir, mark_finished
-from .data import drop_too_long, load_captions, load_llava_json
+from .data import DataError, drop_too_long, load_captions, load_llava_json
 from ..checkpoints.model_card import STAGE_WHAT, provenance, set_provenance, write_model_card
 from .recipes import Recipe
 from .stages import lora_config
@@ -72,13 +71,13 @@ def with_chat_template(processor, name: str | None):
     return processor
 
 
-def scienceqa_json(recipe: Recipe, state: PartialState) -> Path:
+def scienceqa_json(recipe: Recipe, state: PartialState, split: str | None = None) -> Path:
     """ScienceQA's `problems.json` -> LLaVA JSON in the run folder (written by the main process, read by all)."""
     from ..formats.llava_json import write_llava_json
     from ..formats.scienceqa import load_scienceqa, to_llava_records
 
     data = recipe.data
-    split, prompt_format = data.split or "train", data.prompt_format or "QCM-LEPA"
+    split, prompt_format = split or data.split or "train", data.prompt_format or "QCM-LEPA"
     path = Path(recipe.training.output_dir) / f"scienceqa_{split}_{prompt_format}.json"
     with state.main_process_first():
         if state.is_main_process:
@@ -86,54 +85,64 @@ def scienceqa_json(recipe: Recipe, state: PartialState) -> Path:
     return path
 
 
+def _load(recipe: Recipe, processor, state: PartialState, path, streaming: bool, source: str):
+    """One data file -> (dataset without invalid or too-long samples, invalid report, too-long report)."""
+    data = recipe.data
+    options = {"streaming": streaming, "on_invalid": data.on_invalid}
+    if data.format == "captions":
+        dataset, report = load_captions(path, data.image_folder, seed=recipe.training.seed, **options)
+    else:
+        dataset, report = load_llava_json(path, data.image_folder, **options)
+    try:
+        dataset, too_long = drop_too_long(dataset, with_chat_template(processor, data.chat_template), data.max_length,
+                                          on_too_long=data.on_too_long)
+    except DataError as error:
+        raise DataError(f"{source}: {error}") from None
+    for what, summary in (("invalid samples", report), (f"samples over {data.max_length} tokens", too_long)):
+        if summary is not None and summary.dropped:
+            state.print(f"{source}: {what}: {summary}")
+    return dataset, report, too_long
+
+
 def load_data(recipe: Recipe, processor, state: PartialState):
     """The training dataset and a summary of what was kept (`format, path, samples, dropped, chat_template`)."""
     data = recipe.data
-    options = {"streaming": data.streaming, "on_invalid": data.on_invalid}
-    if data.format == "captions":
-        dataset, report = load_captions(data.path, data.image_folder, seed=recipe.training.seed, **options)
-    else:
-        path = scienceqa_json(recipe, state) if data.format == "scienceqa" else data.path
-        dataset, report = load_llava_json(path, data.image_folder, **options)
-    dataset, too_long = drop_too_long(dataset, with_chat_template(processor, data.chat_template), data.max_length,
-                                      on_too_long=data.on_too_long)
-    for what, summary in (("invalid samples", report), (f"samples over {data.max_length} tokens", too_long)):
-        if summary is not None and summary.dropped:
-            state.print(f"{data.path}: {what}: {summary}")
+    path = scienceqa_json(recipe, state) if data.format == "scienceqa" else data.path
+    dataset, report, too_long = _load(recipe, processor, state, path, data.streaming, data.path)
     summary = {"format": data.format, "path": data.path, "chat_template": data.chat_template,
                "samples": None if data.streaming else len(dataset),
                "dropped": None if data.streaming else len(report.dropped) + len(too_long.dropped)}
     return dataset, summary
 
 
-def sft_config(recipe: Recipe, use_cpu: bool = False) -> SFTConfig:
-    """The recipe's training settings as TRL's `SFTConfig` (batch sizes resolved for this number of processes)."""
-    t = recipe.training
-    return SFTConfig(
-        use_cpu=use_cpu, output_dir=t.output_dir, per_device_train_batch_size=t.per_device_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps, learning_rate=t.learning_rate,
-        num_train_epochs=t.num_train_epochs, max_steps=t.max_steps, lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, optim=t.optim, bf16=t.bf16,
-        activation_checkpointing=t.gradient_checkpointing, seed=t.seed, data_seed=t.seed, save_strategy="steps",
-        save_steps=t.save_steps, save_total_limit=t.save_total_limit, logging_steps=t.logging_steps,
-        dataloader_num_workers=t.dataloader_num_workers, report_to=t.report_to,
-        assistant_only_loss=True, max_length=None,  # lengths were checked up front: image tokens are never cut
-    )
+def load_eval_data(recipe: Recipe, processor, state: PartialState):
+    """The held-out dataset for `training.eval_strategy` (`data.eval_path`, or ScienceQA's `data.eval_split`), or
+    None when the recipe names none. Checked like the training data."""
+    data = recipe.data
+    if data.eval_split:
+        return _load(recipe, processor, state, scienceqa_json(recipe, state, data.eval_split), False,
+                     f"{data.path} ({data.eval_split})")[0]
+    if data.eval_path:
+        return _load(recipe, processor, state, data.eval_path, False, data.eval_path)[0]
+    return None
 
 
 def stage_record(recipe: Recipe, data_summary: dict) -> dict:
     """This stage's entry in the checkpoint's training record (the model card reads it)."""
-    t = recipe.training
+    t, llava = recipe.training, recipe.llava
     hyperparameters = {
-        "learning_rate": t.learning_rate, "projector_lr": t.projector_lr, "global_batch_size": t.global_batch_size,
-        "per_device_batch_size": t.per_device_batch_size, "processes": recipe.num_processes,
-        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate, "projector_lr": llava.projector_lr,
+        "global_batch_size": recipe.global_batch_size,
+        "per_device_batch_size": t.per_device_train_batch_size, "processes": recipe.num_processes,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "epochs": t.num_train_epochs if t.max_steps <= 0 else None,
         "max_steps": t.max_steps if t.max_steps > 0 else None,
-        "lr_scheduler": t.lr_scheduler_type, "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay,
-        "optimizer": "AdamW" if t.projector_lr is not None else t.optim, "bf16": t.bf16,
-        "gradient_checkpointing": t.gradient_checkpointing, "max_length": recipe.data.max_length, "seed": t.seed,
-        "group_by_modality_length": t.group_by_modality_length or None,  # listed when it shaped the batches
+        "lr_scheduler": str(getattr(t.lr_scheduler_type, "value", t.lr_scheduler_type)),
+        "warmup": t.warmup_steps, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+        "optimizer": "AdamW" if llava.projector_lr is not None else str(getattr(t.optim, "value", t.optim)),
+        "bf16": t.bf16, "gradient_checkpointing": t.activation_checkpointing, "max_length": recipe.data.max_length,
+        "seed": t.seed,
+        "group_by_modality_length": llava.group_by_modality_length or None,  # listed when it shaped the batches
         **({f"lora_{k}": v for k, v in vars(recipe.lora).items()} if recipe.lora else {}),
     }
     return {"stage": recipe.stage, "what": STAGE_WHAT[recipe.stage], "recipe": recipe.source, "data": data_summary,
@@ -141,13 +150,18 @@ def stage_record(recipe: Recipe, data_summary: dict) -> dict:
             "hyperparameters": [[k, v] for k, v in hyperparameters.items() if v is not None]}
 
 
-def start(recipe: Recipe, state: PartialState):
+def start(recipe: Recipe, state: PartialState, allow_data_change: bool = False):
     """Claim the output folder (the main process first); returns the `Claim` (see checkpointing)."""
     with state.main_process_first():  # the main process writes the run file before the others read it
-        claim = claim_output_dir(recipe, write=state.is_main_process)
+        claim = claim_output_dir(recipe, write=state.is_main_process, allow_data_change=allow_data_change)
     output_dir = recipe.training.output_dir
     if claim.finished:
         state.print(f"{output_dir} already holds the finished run of {recipe.source}; nothing to do.")
+    if claim.replaced:
+        state.print(f"{output_dir}: the attempt of {claim.replaced} stopped before its first checkpoint; starting "
+                    "afresh.")
+    for change in claim.data_changed or []:
+        state.print(f"Resuming on changed data (--allow-data-change): {change}")
     for folder in claim.skipped:
         state.print(f"{folder} is incomplete (the run stopped while writing it) and is skipped.")
     if claim.checkpoint:
@@ -155,22 +169,29 @@ def start(recipe: Recipe, state: PartialState):
     return claim
 
 
-def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict, state: PartialState):
-    """The stage's `SFTTrainer`; this stage's record joins the config first, so checkpoints carry it too."""
+def record_stage(recipe: Recipe, model, data_summary: dict) -> None:
+    """Append this stage to the model's training record (in its config: checkpoints and the card carry it)."""
     record = provenance(model.config)
     record["stages"].append(stage_record(recipe, data_summary))
     set_provenance(model.config, record)
+
+
+def build_trainer(recipe: Recipe, model, processor, dataset, data_summary: dict, state: PartialState,
+                  eval_dataset=None):
+    """The stage's `SFTTrainer`; this stage's record joins the config first, so checkpoints carry it too."""
+    record_stage(recipe, model, data_summary)
     lora = lora_config(model, recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) if recipe.lora else None
-    args = sft_config(recipe, use_cpu=state.device.type == "cpu")
-    effective = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    if effective != recipe.training.global_batch_size:
+    args = recipe.training
+    if args.world_size != recipe.num_processes:
         raise RuntimeError(
             f"{recipe.source}: the recipe was resolved for {recipe.num_processes} process(es) but the Trainer runs on "
-            f"{args.world_size}: the global batch would be {effective}, not {recipe.training.global_batch_size}.")
+            f"{args.world_size}: the global batch would be "
+            f"{recipe.global_batch_size // recipe.num_processes * args.world_size}, "
+            f"not {recipe.global_batch_size}.")
     return make_trainer(model, processor, dataset, args, stage=recipe.stage, chat_template=recipe.data.chat_template,
-                        projector_lr=recipe.training.projector_lr, padding_free=recipe.training.padding_free,
-                        group_by_modality_length=recipe.training.group_by_modality_length,
-                        lora=lora)
+                        projector_lr=recipe.llava.projector_lr, padding_free=recipe.llava.padding_free,
+                        group_by_modality_length=recipe.llava.group_by_modality_length,
+                        lora=lora, eval_dataset=eval_dataset)
 
 
 def finish(recipe: Recipe, trainer, processor, result, state: PartialState) -> None:
@@ -195,19 +216,35 @@ def finish(recipe: Recipe, trainer, processor, result, state: PartialState) -> N
     state.wait_for_everyone()
 
 
-def run_recipe(recipe: Recipe) -> RunResult:
+def resume_point(recipe: Recipe, claim) -> str | None:
+    """The checkpoint to resume from: the recipe's `training.resume_from_checkpoint` when given, else the claim's."""
+    return recipe.training.resume_from_checkpoint or claim.checkpoint
+
+
+def no_samples_left(recipe: Recipe) -> DataError:
+    """What an empty stream means (TRL reads the first sample up front and raises a bare StopIteration)."""
+    data = recipe.data
+    return DataError(f"{data.path}: no sample passed the checks: every one was invalid or over "
+                     f"data.max_length={data.max_length} (each skipped sample was logged above)")
+
+
+def run_recipe(recipe: Recipe, allow_data_change: bool = False) -> RunResult:
     state = process_state()
-    claim = start(recipe, state)
+    claim = start(recipe, state, allow_data_change=allow_data_change)
     if claim.finished:
         return RunResult(recipe.training.output_dir, 0, None, None, already_finished=True)
     model, processor = load_model(recipe)
     dataset, data_summary = load_data(recipe, processor, state)
-    trainer = build_trainer(recipe, model, processor, dataset, data_summary, state)
-    result = trainer.train(resume_from_checkpoint=claim.checkpoint)
+    eval_dataset = load_eval_data(recipe, processor, state)
+    try:
+        trainer = build_trainer(recipe, model, processor, dataset, data_summary, state, eval_dataset)
+    except StopIteration:
+        raise no_samples_left(recipe) from None
+    result = trainer.train(resume_from_checkpoint=resume_point(recipe, claim))
     finish(recipe, trainer, processor, result, state)
     return RunResult(recipe.training.output_dir, trainer.state.global_step, result.training_loss,
                      claim.checkpoint)
 
 
-__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "build_trainer", "finish", "sft_config",
-           "stage_record", "RunResult"]
+__all__ = ["run_recipe", "process_state", "start", "load_model", "load_data", "load_eval_data", "build_trainer",
+           "finish", "resume_point", "record_stage", "stage_record", "RunResult"]
