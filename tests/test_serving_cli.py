@@ -112,9 +112,11 @@ def expected_over_http(loaded, image_path):
 
 
 def chat_over_http(base_url, image_path):
+    """Two turns, and between them one the server refuses (a bad temperature): named, and not in the conversation."""
+    stdin = "What is this?\n!set temperature=-1\nWhy?\n!set temperature=0\nWhat color is it?\n"
     result = run_cli("chat", "--base-url", base_url, "--image", image_path, "--temperature", "0", "--max-new-tokens",
-                     STEPS, stdin="What is this?\nWhat color is it?\n")
-    assert result.returncode == 0, result.stderr
+                     STEPS, stdin=stdin)
+    assert result.returncode == 1 and "temperature must be a number from 0 (greedy) to 100, got -1" in result.stderr
     return answers(result.stdout)
 
 

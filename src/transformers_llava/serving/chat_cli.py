@@ -94,9 +94,9 @@ class RemoteBackend:
         content = [{"type": "text", "text": text}]
         if image is not None:
             content.insert(0, {"type": "image_url", "image_url": {"url": image}})
-        self.messages.append({"role": "user", "content": content})
-        stream = self.client.chat.completions.create(
-            model=self.model, messages=self.messages, stream=True, temperature=settings.temperature,
+        question = {"role": "user", "content": content}
+        stream = self.client.chat.completions.create(  # a refused turn leaves the conversation as it was
+            model=self.model, messages=self.messages + [question], stream=True, temperature=settings.temperature,
             top_p=settings.top_p, max_tokens=settings.max_new_tokens)
 
         def deltas():
@@ -107,7 +107,7 @@ class RemoteBackend:
                         answer.append(chunk.choices[0].delta.content)
                         yield answer[-1]
             finally:
-                self.messages.append({"role": "assistant", "content": "".join(answer)})
+                self.messages += [question, {"role": "assistant", "content": "".join(answer)}]
 
         return deltas(), stream.close
 
