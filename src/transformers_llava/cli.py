@@ -7,6 +7,7 @@
     transformers-llava generate ...         # GPT-assisted instruction data, CC3M filtering
     transformers-llava chat MODEL           # chat in the terminal (streams; `!image PATH`, `!save FILE`, ...)
     transformers-llava serve MODEL          # an OpenAI-compatible server (/v1/chat/completions)
+    transformers-llava web MODEL            # the web demo: chat about images in the browser
 
 Each subcommand lives in its own module exposing `main(argv=None) -> int`.
 """
@@ -22,6 +23,7 @@ COMMANDS = {
     "generate": ("transformers_llava.data_generation.cli", "generate instruction data / filter CC3M captions"),
     "chat": ("transformers_llava.serving.chat_cli", "chat with a LLaVA (or any OpenAI-compatible server) in the terminal"),
     "serve": ("transformers_llava.serving.server", "serve a LLaVA behind an OpenAI-compatible HTTP API"),
+    "web": ("transformers_llava.serving.web", "chat about images in the browser (Gradio demo; extra [web])"),
 }
 
 
