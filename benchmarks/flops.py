@@ -70,13 +70,28 @@ def step_flops(shape: ModelShape, stage: str, lengths: list[int], supervised: in
     return float(llm + attention + head + projector + vision)
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of `size`² x `size`² matmuls in `dtype` (after one warm-up)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
+def best_seconds(work, repeats: int, device: str) -> float:
+    """Shortest wall time of `work()` over `repeats` calls after one warm-up (synchronised on a GPU)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    work()
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
-        a @ b
+        work()
+        sync()
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    return best
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Best FLOP/s of `size`² x `size`² matmuls in `dtype` on random data."""
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
+    return 2 * size ** 3 / best_seconds(lambda: a @ b, repeats, device)
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5, device: str = "cpu") -> float:
+    """Memory bandwidth in bytes/s: a `megabytes` tensor copied into another, bytes read plus bytes written."""
+    source = torch.randn(megabytes * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    return 2 * source.numel() * 4 / best_seconds(lambda: target.copy_(source), repeats, device)

@@ -6,6 +6,8 @@
 - `ours`: our model trained with `make_trainer(..., padding_free=True)` (packed rows, per-sample attention, LM head
   only on supervised positions).
 - `ours_padded`: the same with `padding_free=False` (padded rows), to separate packing from the rest.
+- `ours_dense`: packed rows like `ours`, but attention as transformers' `sdpa` does it for a packed row: one
+  block-diagonal mask over the whole row, (ΣL)² work instead of Σ L_i² (the per-sample attention lever, measured).
 - `builtin`: transformers' built-in `LlavaForConditionalGeneration` and `LlavaProcessor` with our weights, chat
   template and image preprocessing (so both stacks see identical ids, labels and pixels), trained with TRL's
   `SFTTrainer` and its own vision collator (`assistant_only_loss=True`, `max_length=None`).
@@ -28,7 +30,7 @@ from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
 from transformers_llava.training.stages import prepare_stage
 from transformers_llava.training.trainer import make_trainer
 
-STACKS = ("ours", "ours_padded", "builtin")
+STACKS = ("ours", "ours_dense", "ours_padded", "builtin")
 
 
 def builtin_from_ours(model, processor):
@@ -69,12 +71,12 @@ def load_dataset(root: str | Path) -> datasets.Dataset:
     return datasets.load_from_disk(str(Path(root) / "data"))
 
 
-def training_args(output_dir, *, batch_size: int, steps: int, bf16: bool, seed: int) -> SFTConfig:
+def training_args(output_dir, *, batch_size: int, steps: int, bf16: bool, seed: int, device: str = "cpu") -> SFTConfig:
     """The same `SFTConfig` for every stack. bf16=True means Trainer's autocast (weights stay fp32) in both.
-    Gradient checkpointing (TRL's default) is off for both: this mini model is compute- not memory-bound."""
+    Gradient checkpointing (TRL's default) is off for both: these mini models are compute- not memory-bound."""
     return SFTConfig(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=1e-3,
-        lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+        lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], use_cpu=device == "cpu",
         disable_tqdm=True, gradient_checkpointing=False, bf16=bf16, assistant_only_loss=True, max_length=None,
         seed=seed, data_seed=seed, dataloader_num_workers=0,
     )
@@ -91,4 +93,7 @@ def make_stack_trainer(stack: str, root: str | Path, stage: str, args: SFTConfig
         processor.chat_template = "{{ bos_token ~ ' ' }}" + processor.chat_template
         return SFTTrainer(model=prepare_stage(model, stage), args=args, train_dataset=dataset,
                           processing_class=processor)
-    return make_trainer(model, processor, dataset, args, stage=stage, padding_free=stack == "ours")
+    trainer = make_trainer(model, processor, dataset, args, stage=stage, padding_free=stack in ("ours", "ours_dense"))
+    if stack == "ours_dense":
+        trainer.model.set_attn_implementation({"text_config": "sdpa"})
+    return trainer

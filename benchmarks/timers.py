@@ -87,6 +87,7 @@ class TimedCollator:
 @dataclass
 class StepTimer(TrainerCallback):
     model: torch.nn.Module
+    synchronize: bool = False  # on a GPU: wait for the device at every mark, so phases hold their own kernels
     steps: list[dict] = field(default_factory=list)
     batches: list[BatchStats] = field(default_factory=list)
     current: dict = field(default_factory=dict)
@@ -99,6 +100,8 @@ class StepTimer(TrainerCallback):
         base.language_model.register_forward_hook(self._llm_end)
 
     def mark(self, event: str) -> None:
+        if self.synchronize and event not in self.current:
+            torch.cuda.synchronize()
         self.current.setdefault(event, time.perf_counter())
 
     def _llm_start(self, module, args, kwargs):
@@ -115,17 +118,25 @@ class StepTimer(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         previous = self.steps[-1]["step_end"] if self.steps else self.started
-        self.current = {"previous_step_end": previous, "step_begin": time.perf_counter()}
+        self.current = {"previous_step_end": previous}
+        self.mark("step_begin")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
+        self.cpu_marks = [time.process_time()]
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.mark("optimizer_start")
 
     def on_step_end(self, args, state, control, **kwargs):
         self.mark("step_end")
+        self.cpu_marks.append(time.process_time())
         self.steps.append(self.current)
+
+    def step_cpu_seconds(self) -> list[float]:
+        """CPU time of this process per step (all its threads): on a machine shared with other work, the work done
+        rather than the wall time it took, which waits for busy cores."""
+        return list(np.diff(self.cpu_marks))
 
     def step_seconds(self) -> list[float]:
         return [step["step_end"] - step["previous_step_end"] for step in self.steps]

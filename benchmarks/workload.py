@@ -1,7 +1,18 @@
-"""The benchmark's workload: a mini LLaVA with the paper's proportions and synthetic LLaVA-shaped conversations.
+"""The benchmark's workloads: mini LLaVAs with the paper's proportions and synthetic LLaVA-shaped conversations.
 
-    workload = Workload()                      # or SMOKE for a seconds-long run
+    workload = WORKLOADS["7b"]                 # or "mini", or "smoke" / "smoke_7b" for seconds-long runs
     prepare(workload, "cache/bench")           # writes model/ and data/ once
+
+`7b` keeps the cost shares of LLaVA-1.5-7B where a training step spends its time: 336-px images in 14-px patches
+(576 image tokens), a Llama-shaped LLM with full multi-head attention whose LM head is ~2 % of its weights (the
+vocabulary shrinks with the width: 512 tokens at width 512, as 32k at 4096), a frozen tower and projector that are a
+few percent of the work, and LLaVA-Instruct-158K's mix of conversations (58K, 1-5 turns), detailed descriptions
+(23K) and complex reasoning (77K), each type's question and answer lengths drawn from the real LLaVA-Bench COCO
+questions and GPT-4 answers of that type (`qa90_*.jsonl`, 4/3 tokens per word, a Llama tokenizer's rate on this
+prose). What it cannot keep at this width is attention's share: at 512 it is ~25 % of a step's FLOPs, at 4096 ~4 %.
+
+`mini` (the first workload) is LLaVA-v1-shaped at 224 px (256 image tokens) with a 32k vocabulary, so its LM head
+outweighs the LLM's layers; it stays as the workload where the head dominates.
 
 The model keeps LLaVA-v1's shapes where they drive the cost: 224-px images cut into 14-px patches (256 image tokens
 per image, CLS dropped), a CLIP-style tower, a Llama-shaped LLM with grouped-query attention, a 32k vocabulary and
@@ -16,7 +27,8 @@ answer_max]`), a few to a few hundred tokens, most short, a long tail as in LLaV
 
 import math
 import random
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -26,7 +38,7 @@ from PIL import Image, ImageDraw
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from transformers_llava import build_llava
-from transformers_llava.tiny import BASE_CORPUS, train_tokenizer
+from transformers_llava.demo.tiny import BASE_CORPUS, train_tokenizer
 
 SYLLABLES = [c + v + tail for c in "bcdfghjklmnprstvwz" for v in "aeiou" for tail in ("", "n")]
 
@@ -49,6 +61,8 @@ class Workload:
     answer_min: int = 3
     answer_max: int = 350
     seed: int = 0
+    answers: str = "lognormal"  # or "llava_bench": question/answer lengths per instruction type, from qa90_*.jsonl
+    corpus_repeats: int = 1  # how often the tokenizer sees the templates' text (a small vocabulary then keeps it whole)
 
     @property
     def image_tokens(self) -> int:
@@ -57,6 +71,38 @@ class Workload:
 
 SMOKE = Workload(image_size=56, vision_hidden=32, vision_layers=1, text_hidden=64, text_layers=1, text_heads=4,
                  text_kv_heads=2, vocab_size=1200, samples=12, max_turns=2, answer_median=6, answer_max=24)
+SEVEN_B = Workload(image_size=336, patch_size=14, vision_hidden=128, vision_layers=2, text_hidden=512, text_layers=4,
+                   text_heads=8, text_kv_heads=8, vocab_size=512, samples=48, max_turns=5, answers="llava_bench",
+                   corpus_repeats=50)
+WORKLOADS = {"mini": Workload(), "7b": SEVEN_B, "smoke": SMOKE,
+             "smoke_7b": replace(SEVEN_B, image_size=84, vision_hidden=32, vision_layers=1, text_hidden=64,
+                                 text_layers=1, text_heads=4, text_kv_heads=4, vocab_size=400, samples=12)}
+
+# LLaVA-Instruct-158K: 58K conversations, 23K detailed descriptions, 77K complex reasoning.
+INSTRUCTION_MIX = {"conv": 58, "detail": 23, "complex": 77}
+TOKENS_PER_WORD = 4 / 3
+# The shared reference folder beside the checkout, or a copy inside it (a machine that gets only the checkout).
+REFERENCES = [Path(__file__).resolve().parents[level] / "shared" / "reference" / "llava" / "llava_bench_coco"
+              for level in (2, 1)]
+
+
+def reference_file(name: str) -> Path:
+    """A LLaVA-Bench COCO file from the reference folder (`../shared/reference/llava/llava_bench_coco/`)."""
+    for folder in REFERENCES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{name} is in none of {', '.join(map(str, REFERENCES))}: the benchmark's LLaVA-Bench "
+                            "workloads need the shared reference folder beside the checkout (../shared/reference).")
+
+
+def llava_bench_lengths() -> dict[str, dict[str, list[int]]]:
+    """{type: {"question": [tokens...], "answer": [tokens...]}} of LLaVA-Bench COCO's questions and GPT-4 answers."""
+    lengths = {kind: {"question": [], "answer": []} for kind in INSTRUCTION_MIX}
+    for role, name in (("question", "qa90_questions.jsonl"), ("answer", "qa90_gpt4_answer.jsonl")):
+        for line in reference_file(name).read_text().splitlines():
+            row = json.loads(line)
+            lengths[row["category"]][role].append(max(1, round(len(row["text"].split()) * TOKENS_PER_WORD)))
+    return lengths
 
 
 def pseudo_words(count: int, rng: random.Random) -> list[str]:
@@ -69,7 +115,7 @@ def pseudo_words(count: int, rng: random.Random) -> list[str]:
 def build_tokenizer(workload: Workload):
     rng = random.Random(workload.seed)
     words = pseudo_words(2 * workload.vocab_size, rng)
-    corpus = BASE_CORPUS + [" ".join(words[i:i + 16]) for i in range(0, len(words), 16)]
+    corpus = BASE_CORPUS * workload.corpus_repeats + [" ".join(words[i:i + 16]) for i in range(0, len(words), 16)]
     return train_tokenizer(corpus, vocab_size=workload.vocab_size)
 
 
@@ -91,7 +137,7 @@ def build_model(workload: Workload):
         vocab_size=len(tokenizer), hidden_size=workload.text_hidden,
         intermediate_size=int(workload.text_hidden * 2.6875),  # Llama-7B's 11008 / 4096
         num_hidden_layers=workload.text_layers, num_attention_heads=workload.text_heads,
-        num_key_value_heads=workload.text_kv_heads, max_position_embeddings=4096,
+        num_key_value_heads=workload.text_kv_heads, max_position_embeddings=8192,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
     ))
     lm.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -115,25 +161,38 @@ def answer_length(rng: random.Random, workload: Workload) -> int:
     return min(max(length, workload.answer_min), workload.answer_max)
 
 
-def conversation(index: int, rng: random.Random, words: list[str], workload: Workload) -> dict:
+def turn_lengths(rng: random.Random, workload: Workload, reference: dict | None) -> tuple[str, list[tuple[int, int]]]:
+    """(instruction type, [(question tokens, answer tokens) per turn])."""
+    if workload.answers == "lognormal":
+        turns = rng.randint(1, workload.max_turns)
+        return "conv", [(rng.randint(4, 20), answer_length(rng, workload)) for _ in range(turns)]
+    kind = rng.choices(list(INSTRUCTION_MIX), weights=list(INSTRUCTION_MIX.values()))[0]
+    turns = rng.randint(1, workload.max_turns) if kind == "conv" else 1
+    return kind, [(rng.choice(reference[kind]["question"]), rng.choice(reference[kind]["answer"])) for _ in range(turns)]
+
+
+def conversation(index: int, rng: random.Random, words: list[str], workload: Workload,
+                 reference: dict | None = None) -> dict:
     """One row `{"id", "messages", "images"}` as `training.data` produces: one image, 1..max_turns turns."""
     def text(n: int) -> str:
         return " ".join(rng.choice(words) for _ in range(n))
 
+    kind, lengths = turn_lengths(rng, workload, reference)
     messages = []
-    for turn in range(rng.randint(1, workload.max_turns)):
-        question = [{"type": "text", "text": text(rng.randint(4, 20)) + "?"}]
+    for turn, (question_tokens, answer_tokens) in enumerate(lengths):
+        question = [{"type": "text", "text": text(question_tokens) + "?"}]
         if turn == 0:
             question.insert(0, {"type": "image", "text": None})
         messages.append({"role": "user", "content": question})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": text(answer_length(rng, workload))}]})
-    return {"id": f"sample-{index}", "messages": messages, "images": [synthetic_image(rng, workload.image_size)]}
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": text(answer_tokens)}]})
+    return {"id": f"{kind}-{index}", "messages": messages, "images": [synthetic_image(rng, workload.image_size)]}
 
 
 def build_dataset(workload: Workload, tokenizer) -> datasets.Dataset:
     rng = random.Random(workload.seed + 1)
     words = whole_word_tokens(tokenizer)
-    rows = [conversation(i, rng, words, workload) for i in range(workload.samples)]
+    reference = llava_bench_lengths() if workload.answers == "llava_bench" else None
+    rows = [conversation(i, rng, words, workload, reference) for i in range(workload.samples)]
     features = datasets.Features({
         "id": datasets.Value("string"),
         "messages": [{"role": datasets.Value("string"),

@@ -42,10 +42,47 @@ def test_batched_answers_equal_one_by_one_answers(tmp_path, tiny, images):
     model, processor = tiny
     for batch_size in (1, 4):
         answer_questions(model, processor, QUESTIONS, images, tmp_path / f"b{batch_size}.jsonl", batch_size,
-                         max_new_tokens=8, progress=False)
+                         max_new_tokens=8, progress=False, share_prefix=False)
     one, four = read_answers(tmp_path / "b1.jsonl"), read_answers(tmp_path / "b4.jsonl")
     assert [a["text"] for a in one] == [a["text"] for a in four]
     assert [a["question_id"] for a in four] == list(range(6)) and all(a["text"] for a in four)
+
+
+# LLaVA-Bench's shape: several questions about each image in a row, and runs of text-only questions.
+SHARED = [{"question_id": i, "text": text, "image": image} for i, (text, image) in enumerate([
+    ("What is this?", "red.png"), ("Describe the image in detail.", "red.png"), ("Why is it red?", "red.png"),
+    ("What color is the background of this picture?", "blue.png"), ("Describe it.", "blue.png"),
+    ("What shape is in the center?", None), ("Which color? Options: (A) red (B) blue", None),
+    ("How many circles?", "red.png"),
+])]
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_shared_prefix_answers_equal_one_at_a_time_answers(tmp_path, tiny, images, batch_size):
+    """Each image encoded once per batch and its prefix's keys/values shared: the greedy answers are unchanged."""
+    model, processor = tiny
+    encoded = []
+    model.model.vision_tower.register_forward_hook(lambda module, args, output: encoded.append(len(args[0])))
+    answer_questions(model, processor, SHARED, images, tmp_path / "one.jsonl", 1, max_new_tokens=12, progress=False,
+                     share_prefix=False)
+    assert sum(encoded) == 6  # one-at-a-time: the image of every image question
+    encoded.clear()
+    answer_questions(model, processor, SHARED, images, tmp_path / "shared.jsonl", batch_size, max_new_tokens=12,
+                     progress=False)
+    assert sum(encoded) == {3: 3, 8: 3}[batch_size]  # red, blue, red again (a separate run)
+    one, shared = read_answers(tmp_path / "one.jsonl"), read_answers(tmp_path / "shared.jsonl")
+    assert [a["question_id"] for a in shared] == list(range(len(SHARED)))
+    assert [a["text"] for a in shared] == [a["text"] for a in one]
+    assert len({a["text"] for a in one}) > 1  # the questions get different answers: nothing is mixed up silently
+
+
+def test_shared_prefix_keeps_the_answer_prompter(tmp_path, tiny, images):
+    model, processor = tiny
+    for name, share in (("one", False), ("shared", True)):
+        answer_questions(model, processor, SHARED[:5], images, tmp_path / f"{name}.jsonl", 1 if name == "one" else 5,
+                         max_new_tokens=6, answer_prompter=True, progress=False, share_prefix=share)
+    assert [a["text"] for a in read_answers(tmp_path / "shared.jsonl")] == \
+        [a["text"] for a in read_answers(tmp_path / "one.jsonl")]
 
 
 def test_answer_prompter_appends_the_answer_step(tmp_path, tiny, images):

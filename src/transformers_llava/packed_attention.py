@@ -35,9 +35,12 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, position_id
         segments = packed_segments(position_ids, query.shape[2])
     if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    # `split`, not one slice per sample: a slice's backward writes its gradient into a zero tensor of the whole row,
+    # so n slices cost n zero-filled rows and n full-row additions; split's backward is one concatenation.
+    lengths = [b - a for a, b in segments]
     outputs = [
-        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, **kwargs)[0]
-        for a, b in segments
+        sdpa_attention_forward(module, q, k, v, None, **kwargs)[0]
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
     ]
     return torch.cat(outputs, dim=1), None  # [1, ΣL, heads, head_dim], as sdpa returns it
 
