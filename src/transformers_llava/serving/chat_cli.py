@@ -77,13 +77,13 @@ class LocalBackend:
 
 
 class RemoteBackend:
-    """Any OpenAI-compatible server; the conversation is kept here and sent whole each turn."""
+    """Any OpenAI-compatible server, through `RemoteEngine`; the conversation is kept here and sent whole each turn."""
 
     def __init__(self, base_url: str, model: str | None, system: str | None = None):
-        import openai
+        from .remote import RemoteEngine
 
-        self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY", "none"))
-        self.model = model or self.client.models.list().data[0].id
+        self.engine = RemoteEngine(base_url, model or "")
+        self.engine.model = model or self.engine.client.models.list().data[0].id
         self.system = system
         self.new_conversation()
 
@@ -95,19 +95,31 @@ class RemoteBackend:
         if image is not None:
             content.insert(0, {"type": "image_url", "image_url": {"url": image}})
         question = {"role": "user", "content": content}
-        stream = self.client.chat.completions.create(  # a refused turn leaves the conversation as it was
-            model=self.model, messages=self.messages + [question], stream=True, temperature=settings.temperature,
-            top_p=settings.top_p, max_tokens=settings.max_new_tokens)
+        stream = self.engine.stream_openai(  # a refused turn leaves the conversation as it was
+            self.messages + [question], temperature=settings.temperature, top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens)
+        first = next(stream, None)  # the request is sent here: a refusal raises before anything is printed
 
         def deltas():
-            answer = []
-            try:
-                for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        answer.append(chunk.choices[0].delta.content)
-                        yield answer[-1]
-            finally:
+            answer = [first] if first is not None else []
+            if first is not None:
+                yield first
+
+            def keep():
                 self.messages += [question, {"role": "assistant", "content": "".join(answer)}]
+
+            try:
+                for delta in stream:
+                    answer.append(delta)
+                    yield delta
+            except Exception:
+                if answer:  # cut short: keep what was said; refused (nothing said): the conversation stays as it was
+                    keep()
+                raise
+            except BaseException:  # stopped by the user
+                keep()
+                raise
+            keep()
 
         return deltas(), stream.close
 

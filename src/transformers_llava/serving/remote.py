@@ -52,14 +52,20 @@ class RemoteEngine:
 
     def stream(self, messages: list[dict], *, temperature: float = 0.2, top_p: float = 0.7, max_new_tokens: int = 512,
                stop=None, seed: int | None = None) -> Iterator[str]:
+        return self.stream_openai(to_openai_messages(messages), temperature=temperature, top_p=top_p,
+                                  max_new_tokens=max_new_tokens, stop=stop, seed=seed)
+
+    def stream_openai(self, messages: list[dict], *, temperature: float = 0.2, top_p: float = 0.7,
+                      max_new_tokens: int = 512, stop=None, seed: int | None = None) -> Iterator[str]:
+        """`stream` for messages already in OpenAI's format (image parts as `image_url`)."""
         import openai
 
         params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens}
         params.update({k: v for k, v in (("stop", stop), ("seed", seed)) if v is not None})
         where = f"{self.base_url}/chat/completions (model {self.model!r})"
         try:
-            response = self.client.chat.completions.create(model=self.model, messages=to_openai_messages(messages),
-                                                           stream=True, **params)
+            response = self.client.chat.completions.create(model=self.model, messages=messages, stream=True,
+                                                           **params)
             with response:  # leaving early closes the connection, and the server stops generating
                 for chunk in response:
                     if chunk.choices and chunk.choices[0].delta.content:
