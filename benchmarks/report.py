@@ -261,8 +261,7 @@ def serve_table(results: dict) -> list[str]:
         one, batched = runs[(clients, 1)], runs[(clients, settings["max_batch"])]
         speed = {name: [r["requests"] / r["seconds"] for r in rs] for name, rs in (("one", one), ("batched", batched))}
         latency = {name: [x for r in rs for x in r["latencies"]] for name, rs in (("one", one), ("batched", batched))}
-        same = [a == b for r, t in zip(batched, one) for a, b in zip(r["texts"], t["texts"])]
-        identical = "yes" if all(same) else f"no ({sum(same)} of {len(same)} equal)"
+        identical = agreement(batched, one)
         widths = [w for r in batched for w in r.get("batch_widths", [])]
         mean_batch = ""
         if widths:
@@ -274,6 +273,17 @@ def serve_table(results: dict) -> list[str]:
                      + " | ".join(f"{percentile(latency[n], 0.5):.2f} / {percentile(latency[n], 0.95):.2f}"
                                   for n in ("one", "batched")) + f" | {mean_batch} | {returned} | {identical} |")
     return lines
+
+
+def agreement(batched: list[dict], one: list[dict]) -> str:
+    """"yes" when every batched answer equals its one-at-a-time answer, else how many do and where the others part."""
+    pairs = [(a.split(), b.split()) for r, t in zip(batched, one) for a, b in zip(r["texts"], t["texts"])]
+    differing = [(next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))), len(b))
+                 for a, b in pairs if a != b]
+    if not differing:
+        return "yes"
+    return (f"no: {len(pairs) - len(differing)} of {len(pairs)} equal; the others part after "
+            + ", ".join(f"{k} of {n}" for k, n in differing) + " words")
 
 
 def cpu_ratio(ours: list[dict], theirs: list[dict]) -> str:
@@ -310,13 +320,13 @@ def headline(results: dict) -> list[str]:
     if runs:
         clients, batch = max(settings["serve"]["clients"]), settings["serve"]["max_batch"]
         speed = [[r["requests"] / r["seconds"] for r in runs[(clients, b)]] for b in (batch, 1)]
-        same = all(a == b for r, t in zip(runs[(clients, batch)], runs[(clients, 1)]) for a, b in zip(r["texts"], t["texts"]))
+        same = agreement(runs[(clients, batch)], runs[(clients, 1)])
         choice = results.get("dtype_choices", {}).get("serve")
         dtype = choice["dtype"] if choice else settings["serve"]["dtype"]
         rows.append(f"| server throughput: {clients} concurrent clients, {dtype}, requests/s | {spread(speed[0])} | "
                     f"{spread(speed[1])} (engine batch 1) | **{ratios(*speed)}** | "
                     f"{cpu_ratio(runs[(clients, batch)], runs[(clients, 1)])} | "
-                    f"{'identical' if same else 'NOT identical'} greedy outputs |")
+                    + ("identical greedy outputs |" if same == "yes" else f"NOT identical greedy outputs ({same[4:]}) |"))
     train = by_key(records, "train", "dtype", "stage", "stack")
     if ("fp32", "stage2", "ours") in train:
         speed = [[r["samples"] / r["seconds"] for r in train[("fp32", "stage2", s)]] for s in ("ours", "builtin")]

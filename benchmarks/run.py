@@ -46,12 +46,14 @@ FULL = dict(rounds=3, parts=PARTS, threads=1, device="cpu", matmul_size=2048,
             seven_b=dict(workload="7b", stacks=("ours", "ours_dense", "ours_padded", "builtin"),
                          cells=(("stage2", "bf16"),), batch_size=8, curve_batch_size=4, curve_steps=4),
             eval=dict(workload="7b", dtype="fp32", images=30, per_image=3, new_tokens=32, batch_size=12),
-            serve=dict(workload="7b", dtype="auto", clients=(1, 4, 8), max_batch=8, new_tokens="reference"))
+            serve=dict(workload="7b", dtype="auto", clients=(1, 4, 8), max_batch=8, new_tokens="reference",
+                       requests_per_client=4))
 SMOKE = FULL | dict(rounds=1, batch_size=2, matmul_size=512, new_tokens=3, generate_repeats=1,
                     generate_dtypes=("fp32",), first_answer=3, chat_repeats=1, curve_steps=2,
                     seven_b=FULL["seven_b"] | dict(workload="smoke_7b", batch_size=4, curve_batch_size=2, curve_steps=2),
                     eval=FULL["eval"] | dict(workload="smoke_7b", images=4, new_tokens=4, batch_size=6),
-                    serve=FULL["serve"] | dict(workload="smoke_7b", clients=(1, 4), max_batch=4, new_tokens=4))
+                    serve=FULL["serve"] | dict(workload="smoke_7b", clients=(1, 4), max_batch=4, new_tokens=4,
+                                                  requests_per_client=2))
 PROFILES = {"full": FULL, "quick": FULL | dict(rounds=1), "smoke": SMOKE}
 # On a GPU: bf16 weights for inference (fp32 training cells stay, for the loss comparison), big matmuls, and
 # larger batches where a GPU's width needs them. The chat's second turn is a CPU measurement (LlavaChat keeps its ids
@@ -109,7 +111,7 @@ def schedule(profile: dict, roots: dict[str, str]) -> list[tuple[str, dict]]:
         if "serve" in parts:
             for clients in serving["clients"]:
                 tasks += [("serve", dict(root=roots[serving["workload"]], max_batch=batch, clients=clients,
-                                         requests=max(4, 2 * clients), new_tokens=serving["new_tokens"],
+                                         requests=max(4, serving["requests_per_client"] * clients), new_tokens=serving["new_tokens"],
                                          dtype=serving["dtype"], device=device))
                           for batch in rotated((1, serving["max_batch"]), round_)]
         if "mini" in parts:
