@@ -244,11 +244,11 @@ def percentile(values: list[float], q: float) -> float:
 def serve_table(results: dict) -> list[str]:
     runs = by_key(results["records"], "serve", "clients", "max_batch")
     settings = results["settings"]["serve"]
-    first = next(iter(runs.values()))[0]
+    asked = [n for rs in runs.values() for r in rs for n in r.get("max_tokens", [])]
     choice = results.get("dtype_choices", {}).get("serve")
     dtype = f"{choice['dtype']} ({choice['reason']})" if choice else settings["dtype"]
     limit = (f"max_tokens = the token length of LLaVA-Bench's GPT-4 answer to that question "
-             f"({min(first['max_tokens'])}-{max(first['max_tokens'])} tokens)"
+             f"({min(asked)}-{max(asked)} tokens)"
              if settings["new_tokens"] == "reference" else f"at most {settings['new_tokens']} tokens")
     lines = [f"Requests: one LLaVA-Bench question with its (synthetic) image each, greedy, {limit}; served in {dtype}; "
              "each client sends its requests one after another. Mean batch: rows per `generate` call the engine ran; "
