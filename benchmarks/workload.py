@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from transformers_llava import build_llava
-from transformers_llava.tiny import BASE_CORPUS, train_tokenizer
+from transformers_llava.demo.tiny import BASE_CORPUS, train_tokenizer
 
 SYLLABLES = [c + v + tail for c in "bcdfghjklmnprstvwz" for v in "aeiou" for tail in ("", "n")]
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoTokenizer, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from transformers_llava.tiny import save_tiny_towers
+from transformers_llava.demo.tiny import save_tiny_towers
 
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 TOWER_NAME = "openai/clip-vit-large-patch14-336"  # what the releases name; resolved through vision_tower= offline

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import transformers_llava  # noqa: E402,F401  (registers the Auto classes)
-from transformers_llava.tiny import build_tiny_llava  # noqa: E402
+from transformers_llava.demo.tiny import build_tiny_llava  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 

@@ -30,7 +30,7 @@ from transformers_llava.chat_client import (
     TransformersChatClient,
     run_concurrently,
 )
-from transformers_llava.tiny import BASE_CORPUS, train_tokenizer
+from transformers_llava.demo.tiny import BASE_CORPUS, train_tokenizer
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say three words please"}]
 

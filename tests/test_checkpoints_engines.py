@@ -20,7 +20,7 @@ from transformers import LlavaConfig
 
 from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
 from transformers_llava.checkpoints import save_llava_hf
-from transformers_llava.tiny import build_tiny_llava
+from transformers_llava.demo.tiny import build_tiny_llava
 
 VLLM_ACTIVATIONS = {"gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "relu", "relu2", "silu", "quick_gelu", "tanh",
                     "sigmoid", "xielu"}
@@ -116,7 +116,7 @@ def test_bos_rule_holds_for_the_releases_sentencepiece_tokenizer(conversation_fo
 
     from transformers_llava.chat_templates import load_chat_template
     from transformers_llava.checkpoints.engine_prompts import bos_in_template
-    from transformers_llava.tiny import BASE_CORPUS
+    from transformers_llava.demo.tiny import BASE_CORPUS
 
     write_sentencepiece_tokenizer(tmp_path / "release", BASE_CORPUS)
     ours = AutoTokenizer.from_pretrained(tmp_path / "release")

@@ -218,3 +218,49 @@ def test_pickles_beyond_plain_tensors_need_an_explicit_opt_in(tmp_path):
 def test_loading_options_on_our_own_format_are_refused(tiny_dir):
     with pytest.raises(CheckpointError, match="base_model=.*applies to original LLaVA delta, LoRA and projector-only"):
         load(tiny_dir, base_model="/some/base")
+
+
+def test_truncated_safetensors_in_our_own_format_names_the_file(tiny_dir, tmp_path):
+    root = shutil.copytree(tiny_dir, tmp_path / "ours")
+    weights = root / "model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:-4096])
+    with pytest.raises(CheckpointError, match=rf"ours/model\.safetensors is truncated: its header describes {size:,} "
+                                              rf"bytes but the file has {size - 4096:,} \(4,096 missing\)"):
+        load(root)
+
+
+def test_allow_pickle_on_our_own_format_is_accepted(tiny_dir):
+    model = load(tiny_dir, allow_pickle=True)
+    assert type(model).__name__ == "TransformersLlavaForConditionalGeneration"
+    assert LlavaProcessor.from_pretrained(tiny_dir, allow_pickle=True).tokens_per_image == 16
+
+
+def pickled_own_format(tiny_dir, tmp_path):
+    """Our format with its weights in a `.bin` pickle holding one tensor subclass (needs more than weights_only)."""
+    from safetensors.torch import load_file
+
+    root = shutil.copytree(tiny_dir, tmp_path / "ours-bin")
+    state = load_file(root / "model.safetensors")
+    state["lm_head.weight"] = state["lm_head.weight"].as_subclass(Tagged)
+    torch.save(state, root / "pytorch_model.bin")
+    (root / "model.safetensors").unlink()
+    return root, state
+
+
+def test_pickles_in_our_own_format_are_refused_by_us_and_allowed_by_the_flag(tiny_dir, tmp_path, capsys):
+    from transformers_llava.checkpoints.cli import main as convert
+
+    root, state = pickled_own_format(tiny_dir, tmp_path)
+    with pytest.raises(CheckpointError, match=r"ours-bin/pytorch_model\.bin is a pickle that needs more than plain "
+                                              r"tensors.*pass allow_pickle=True \(CLI: --allow-pickle\)"):
+        load(root)
+    with pytest.warns(UserWarning, match="full pickle support"):
+        model = load(root, allow_pickle=True)
+    torch.testing.assert_close(model.lm_head.weight.data, state["lm_head.weight"].as_subclass(torch.Tensor))
+    assert convert([str(root), str(tmp_path / "refused"), "--to", "ours"]) == 1
+    assert "pytorch_model.bin is a pickle" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="full pickle support"):
+        assert convert([str(root), str(tmp_path / "converted"), "--to", "ours", "--allow-pickle"]) == 0
+    converted = load(tmp_path / "converted")
+    torch.testing.assert_close(converted.lm_head.weight, model.lm_head.weight)

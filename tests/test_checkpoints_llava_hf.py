@@ -19,7 +19,7 @@ from transformers import LlavaForConditionalGeneration as BuiltinLlava
 from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
 from transformers_llava.checkpoints import CheckpointError, detect_layout, save_llava_hf, save_ours
 from transformers_llava.checkpoints.llava_hf import EXTRA_KEY, from_llava_hf, to_llava_hf
-from transformers_llava.tiny import build_tiny_llava
+from transformers_llava.demo.tiny import build_tiny_llava
 
 # vllm/model_executor/layers/activation.py `_ACTIVATION_REGISTRY` (vLLM main, read 2026-12): the names
 # `get_act_fn(config.projector_hidden_act)` accepts in vllm/model_executor/models/llava.py.

@@ -274,7 +274,7 @@ def test_release_with_its_sentencepiece_tokenizer(tmp_path, towers):
     """The releases ship tokenizer.model (a slow LlamaTokenizer), not tokenizer.json."""
     from checkpoint_layouts import write_sentencepiece_tokenizer
 
-    from transformers_llava.tiny import BASE_CORPUS
+    from transformers_llava.demo.tiny import BASE_CORPUS
 
     root = tmp_path / "llava-v1.5-7b"
     sentencepiece = write_sentencepiece_tokenizer(root, BASE_CORPUS)

@@ -19,7 +19,7 @@ from transformers_llava import LlavaForConditionalGeneration, LlavaProcessor
 from transformers_llava.checkpoints import CheckpointError, detect_layout, save_ours
 from transformers_llava.checkpoints.cli import main as convert
 from transformers_llava.checkpoints.original_writer import save_original
-from transformers_llava.tiny import build_tiny_llava
+from transformers_llava.demo.tiny import build_tiny_llava
 
 TOWER = "openai/clip-vit-large-patch14-336"
 # SGLang's LlavaBaseForCausalLM.load_weights: the only renames it makes; every other projector / tower name is a

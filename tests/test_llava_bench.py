@@ -174,7 +174,7 @@ def test_local_judge_replies_that_do_not_parse_are_failures_not_scores(tmp_path,
     from transformers import AutoTokenizer
 
     from transformers_llava import load_chat_template
-    from transformers_llava.tiny import save_tiny_towers
+    from transformers_llava.demo.tiny import save_tiny_towers
 
     _, text_dir = save_tiny_towers(tmp_path / "towers")
     tokenizer = AutoTokenizer.from_pretrained(text_dir)

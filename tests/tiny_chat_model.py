@@ -7,7 +7,7 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from transformers_llava.tiny import BASE_CORPUS, train_tokenizer
+from transformers_llava.demo.tiny import BASE_CORPUS, train_tokenizer
 
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}assistant:{% endif %}")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from transformers_llava.builder import build_llava
-from transformers_llava.tiny import save_tiny_towers
+from transformers_llava.demo.tiny import save_tiny_towers
 from transformers_llava.formats.instructions import load_instructions
 
 ROOT = Path(__file__).resolve().parents[1]

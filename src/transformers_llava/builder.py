@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.utils import logging
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .chat_templates import STOP_STRINGS, load_chat_template
@@ -28,6 +29,7 @@ from .modeling_llava import LlavaMultiModalProjector, TransformersLlavaForCondit
 from .processing_llava import TransformersLlavaProcessor
 
 IMAGE_TOKEN = "<image>"
+LOG = logging.get_logger(__name__)
 
 
 def load_vision_tower(source, dtype=None) -> PreTrainedModel:
@@ -68,6 +70,24 @@ def extra_tower_tokens(vision_tower: PreTrainedModel) -> int:
     return hidden.shape[1] - (config.image_size // config.patch_size) ** 2
 
 
+def resize_embeddings(lm: PreTrainedModel, size: int, pad_to_multiple_of: int | None) -> None:
+    """transformers' resize with mean resizing (new rows drawn from the old rows' mean and covariance). Its two
+    "will be initialized from a multivariate normal distribution" warnings (input embeddings, then LM head) say
+    what every LLaVA build does; they are kept out of the output, and one line goes to this module's log."""
+    old = lm.get_input_embeddings().weight.shape[0]
+    logger = logging.get_logger("transformers.modeling_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        lm.resize_token_embeddings(size, pad_to_multiple_of=pad_to_multiple_of)
+    finally:
+        logger.setLevel(level)
+    new = lm.get_input_embeddings().weight.shape[0]
+    if new > old:
+        LOG.info("%d new embedding rows (<image>, padding) drawn from the distribution of the existing %d", new - old,
+                 old)
+
+
 def build_llava(
     vision_model,
     language_model,
@@ -104,7 +124,7 @@ def build_llava(
             tokenizer.pad_token = tokenizer.unk_token
         else:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    lm.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_vocab_to_multiple_of)
+    resize_embeddings(lm, len(tokenizer), pad_vocab_to_multiple_of)
 
     extra = extra_tower_tokens(vision)
     if extra == 0 and vision_feature_select_strategy == "default":

@@ -7,6 +7,7 @@
     transformers-llava generate ...         # GPT-assisted instruction data, CC3M filtering
     transformers-llava chat MODEL           # chat in the terminal (streams; `!image PATH`, `!save FILE`, ...)
     transformers-llava serve MODEL          # an OpenAI-compatible server (/v1/chat/completions)
+    transformers-llava web MODEL            # the web demo: chat about images in the browser
 
 Each subcommand lives in its own module exposing `main(argv=None) -> int`.
 """
@@ -15,13 +16,14 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("transformers_llava.demo", "build a tiny LLaVA locally and run the embedded default end to end"),
+    "demo": ("transformers_llava.demo.run", "build a tiny LLaVA locally and run the embedded default end to end"),
     "train": ("transformers_llava.training.cli", "train a LLaVA stage (stage1 / stage2 / lora) from a YAML recipe"),
     "convert": ("transformers_llava.checkpoints.cli", "convert checkpoints between original LLaVA, llava-hf and ours"),
     "eval": ("transformers_llava.evaluation.cli", "evaluate on LLaVA-Bench or ScienceQA"),
     "generate": ("transformers_llava.data_generation.cli", "generate instruction data / filter CC3M captions"),
     "chat": ("transformers_llava.serving.chat_cli", "chat with a LLaVA (or any OpenAI-compatible server) in the terminal"),
     "serve": ("transformers_llava.serving.server", "serve a LLaVA behind an OpenAI-compatible HTTP API"),
+    "web": ("transformers_llava.serving.web", "chat about images in the browser (Gradio demo; extra [web])"),
 }
 
 

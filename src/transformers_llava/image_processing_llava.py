@@ -1,14 +1,18 @@
-"""LLaVA image processor: CLIP's preprocessing plus what LLaVA needs around it.
+"""LLaVA image processor: transformers' `LlavaImageProcessorPil` (CLIP's preprocessing, pad to square with the mean
+color) plus what this package needs around it.
 
 - `image_aspect_ratio="square"`: CLIP's resize of the shortest edge + center crop (the paper).
-- `image_aspect_ratio="pad"`: LLaVA-1.5's pad to a square with the mean color first, so nothing is cropped away.
-- Safe loading of image files: a clear error naming the file when it is missing, corrupt, or larger than
-  `max_image_pixels` (decompression bombs); EXIF orientation respected; every PIL mode converted to RGB with
-  transparency composited on the mean color (not black).
+- `image_aspect_ratio="pad"`: LLaVA-1.5's pad to a square with the mean color first, so nothing is cropped away
+  (transformers' `do_pad`, set from the mode).
+- Safe loading of image files: a clear error naming the file when it is missing or corrupt, or when preprocessing it
+  would create an image larger than `max_image_pixels` (decompression bombs, and thin images whose shortest-edge
+  resize or square canvas would be huge); the limit can be set on the processor or per call. EXIF orientation
+  respected; every PIL mode converted to RGB with transparency composited on the mean color (not black).
 
 This file is also shipped inside saved checkpoints as remote code, so it imports only from transformers and PIL.
 """
 
+import contextlib
 import io
 import os
 from typing import Literal
@@ -16,10 +20,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 from transformers.image_processing_utils import BatchFeature
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.processing_utils import ImagesKwargs
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (~ 9459 x 9459)
+ORIENTATION_TAG, TRANSPOSED_ORIENTATIONS = 0x0112, (5, 6, 7, 8)  # EXIF orientations that swap width and height
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -37,23 +42,77 @@ def mean_color(image_mean) -> tuple[int, int, int]:
     return tuple(int(x * 255) for x in image_mean)
 
 
-def open_image(source, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open and fully decode an image file (path or bytes), or fail with a message naming it."""
+@contextlib.contextmanager
+def _pil_limit_lifted():
+    """PIL's own decompression-bomb check off while a header is read: `max_image_pixels` is the limit that applies,
+    checked before anything is decoded, so a caller who raises it can open images over PIL's threshold."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _size_value(size, key: str):
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def preprocessing_sizes(width: int, height: int, size=None, pad: bool = False) -> list[tuple[str, int, int]]:
+    """`(step, width, height)` of every image preprocessing creates before the center crop: the decoded file, the
+    square canvas (pad mode) and the resized image. A thin image is small on disk but its shortest-edge resize (or
+    square canvas) is not: 3000 x 1 resized to a shortest edge of 336 is 1,008,000 x 336."""
+    steps = [("decoded", width, height)]
+    if pad and width != height:
+        width = height = max(width, height)
+        steps.append(("padded to a square", width, height))
+    shortest = _size_value(size, "shortest_edge") if size is not None else None
+    if shortest:
+        long = int(shortest * max(width, height) / min(width, height))
+        long = min(long, _size_value(size, "longest_edge") or long)  # a longest_edge bounds the resize too
+        width, height = (long, shortest) if width >= height else (shortest, long)
+        steps.append((f"resized to a shortest edge of {shortest}", width, height))
+    return steps
+
+
+def check_pixels(name: str, width: int, height: int, max_pixels: int | None, size=None, pad: bool = False) -> None:
+    """Refuse an image whose preprocessing would create more than `max_pixels` pixels at any step, naming it."""
+    if max_pixels is None:
+        return
+    step, new_width, new_height = max(preprocessing_sizes(width, height, size, pad), key=lambda s: s[1] * s[2])
+    pixels = new_width * new_height
+    if pixels <= max_pixels:
+        return
+    accept = (f"pass max_image_pixels={pixels} (or more) to the processor call or the image processor to accept it")
+    if step == "decoded":
+        raise ImageLoadError(
+            f"Image {name} has {width} x {height} = {pixels:,} pixels, more than max_image_pixels={max_pixels:,} "
+            f"(a guard against decompression bombs); {accept}."
+        )
+    raise ImageLoadError(
+        f"Image {name} is {width} x {height} pixels, but {step} it would be {new_width:,} x {new_height:,} = "
+        f"{pixels:,} pixels, more than max_image_pixels={max_pixels:,} (a guard against images that exhaust memory "
+        f"in preprocessing); crop it to a less extreme aspect ratio, or {accept}."
+    )
+
+
+def open_image(source, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, size=None, pad: bool = False) -> Image.Image:
+    """Open and fully decode an image file (path or bytes), or fail with a message naming it.
+
+    `max_pixels` bounds the decoded image and, given the processor's `size` and `pad`, every image its
+    preprocessing will create; it replaces PIL's own decompression-bomb limit (None: no limit)."""
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     if not isinstance(source, bytes) and not os.path.isfile(name):
         raise ImageLoadError(f"Image file not found: {name}")
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else name)
-    except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"Image {name} is too large to open safely: {err}") from err
+        with _pil_limit_lifted():
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else name)
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageLoadError(f"Image {name} is not a readable image: {err}") from err
     width, height = image.size
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageLoadError(
-            f"Image {name} has {width} x {height} = {width * height:,} pixels, more than max_image_pixels="
-            f"{max_pixels:,} (a guard against decompression bombs); raise max_image_pixels to accept it."
-        )
+    if image.getexif().get(ORIENTATION_TAG) in TRANSPOSED_ORIENTATIONS:
+        width, height = height, width  # exif_transpose turns it before preprocessing
+    check_pixels(name, width, height, max_pixels, size, pad)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
@@ -89,21 +148,9 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return image.convert("RGB")
 
 
-def pad_to_square(image: np.ndarray, background: tuple[int, ...]) -> np.ndarray:
-    """Center `image [C, H, W]` on a square canvas of the background color (the original's `expand2square`)."""
-    channels, height, width = image.shape
-    if height == width:
-        return image
-    side = max(height, width)
-    canvas = np.empty((channels, side, side), dtype=image.dtype)
-    canvas[:] = np.asarray(background[:channels], dtype=image.dtype).reshape(channels, 1, 1)
-    top, left = (side - height) // 2, (side - width) // 2
-    canvas[:, top : top + height, left : left + width] = image
-    return canvas
-
-
-class TransformersLlavaImageProcessor(CLIPImageProcessorPil):
-    """`CLIPImageProcessor` (PIL backend) + pad-to-square mode + safe file loading and color conversion."""
+class TransformersLlavaImageProcessor(LlavaImageProcessorPil):
+    """transformers' `LlavaImageProcessorPil` with `image_aspect_ratio` (square / pad), the pixel guard, safe file
+    loading and color conversion."""
 
     valid_kwargs = LlavaImagesKwargs
     image_aspect_ratio = "square"
@@ -117,26 +164,46 @@ class TransformersLlavaImageProcessor(CLIPImageProcessorPil):
                 "center crop, the paper) or 'pad' (pad to square with the mean color, LLaVA-1.5)."
             )
         super().__init__(**kwargs)
+        self.do_pad = self.image_aspect_ratio == "pad"  # the mode decides; saved configs say the same
 
-    def fetch_images(self, image_url_or_urls):
-        """Open file paths ourselves so errors name the file and bombs are refused; URLs and base64 as usual."""
+    def fetch_images(self, image_url_or_urls, max_image_pixels=..., size=..., pad=None):
+        """Open file paths ourselves so errors name the file and oversized images are refused before decoding
+        (limits: the processor's unless given); URLs and base64 as usual."""
         if isinstance(image_url_or_urls, (list, tuple)):
-            return [self.fetch_images(item) for item in image_url_or_urls]
+            return [self.fetch_images(item, max_image_pixels, size, pad) for item in image_url_or_urls]
         if _is_local_path(image_url_or_urls):
-            return open_image(image_url_or_urls, self.max_image_pixels)
+            return open_image(
+                image_url_or_urls,
+                self.max_image_pixels if max_image_pixels is ... else max_image_pixels,
+                (self.size if self.do_resize else None) if size is ... else size,
+                self.do_pad if pad is None else pad,
+            )
         return super().fetch_images(image_url_or_urls)
+
+    def _prepare_image_like_inputs(self, images, *args, **kwargs):
+        """Open files with this call's limit and sizes (`max_image_pixels=` in a processor call applies here)."""
+        images = self.fetch_images(images, kwargs.get("max_image_pixels", self.max_image_pixels),
+                                   kwargs.get("size") if kwargs.get("do_resize") else None,
+                                   self._pads(kwargs.get("image_aspect_ratio")))
+        return super()._prepare_image_like_inputs(images, *args, **kwargs)
+
+    def _pads(self, image_aspect_ratio) -> bool:
+        return (image_aspect_ratio or self.image_aspect_ratio) == "pad"
 
     def process_image(self, image, *args, **kwargs):
         if isinstance(image, Image.Image):
-            image = to_rgb(image, mean_color(self.image_mean))
+            image = to_rgb(image, mean_color(kwargs.get("image_mean") or self.image_mean))
         return super().process_image(image, *args, **kwargs)
 
-    def _preprocess(self, images, *args, image_aspect_ratio=None, max_image_pixels=None, **kwargs) -> BatchFeature:
-        mode = image_aspect_ratio or self.image_aspect_ratio
-        if mode == "pad":
-            mean = kwargs.get("image_mean") or self.image_mean
-            images = [pad_to_square(image, mean_color(mean)) for image in images]
+    def _preprocess(self, images, *args, image_aspect_ratio=None, max_image_pixels=..., **kwargs) -> BatchFeature:
+        pad = self._pads(image_aspect_ratio)
+        limit = self.max_image_pixels if max_image_pixels is ... else max_image_pixels
+        size = kwargs.get("size") if kwargs.get("do_resize") else None
+        for index, image in enumerate(images):  # images given as arrays or PIL images, not files
+            check_pixels(f"{index} of the batch", image.shape[-1], image.shape[-2], limit, size, pad)
+        kwargs["do_pad"] = pad
         return super()._preprocess(images, *args, **kwargs)
+
 
 # Loaded as a checkpoint's remote code (`trust_remote_code=True`) on a machine where transformers-llava is
 # installed: the installed package is used, so one process never mixes two versions of these classes.
@@ -147,4 +214,4 @@ if not __name__.startswith("transformers_llava."):
         pass
 
 
-__all__ = ["TransformersLlavaImageProcessor", "ImageLoadError", "open_image", "to_rgb", "pad_to_square"]
+__all__ = ["TransformersLlavaImageProcessor", "ImageLoadError", "open_image", "to_rgb", "check_pixels"]

@@ -8,11 +8,12 @@ This file is also shipped inside saved checkpoints as remote code, so it imports
 image processing file beside it.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 from transformers.image_utils import make_flat_list_of_images
-from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.processing_utils import ImagesKwargs, MultiModalData, ProcessorMixin, TextKwargs
 from transformers.utils.chat_template_utils import render_jinja_template
 
 IGNORE_INDEX = -100  # label of a token that carries no loss
@@ -104,7 +105,10 @@ class TransformersLlavaProcessor(ProcessorMixin):
         return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
-        """`ProcessorMixin.apply_chat_template`; a tokenised conversation always starts with exactly one BOS.
+        """`ProcessorMixin.apply_chat_template`; a tokenised conversation always starts with exactly one BOS, and
+        settings of the processor call given beside the template's arguments (`padding=True` for a batch,
+        `max_length`, `max_image_pixels`, ...) are passed on as `processor_kwargs` without transformers' warning that
+        they belong there.
 
         The templates leave the BOS out (the original added it when tokenising), so an `add_special_tokens` meant
         for templates that write it themselves (TRL's collator passes `False`) is not applied to a conversation.
@@ -115,6 +119,12 @@ class TransformersLlavaProcessor(ProcessorMixin):
                 kwargs["processor_kwargs"] = {
                     k: v for k, v in kwargs["processor_kwargs"].items() if k != "add_special_tokens"
                 }
+        named = inspect.signature(ProcessorMixin.apply_chat_template).parameters
+        images_kwargs = getattr(self.image_processor, "valid_kwargs", ImagesKwargs)
+        call_settings = (set(TextKwargs.__annotations__) | set(images_kwargs.__annotations__)) - set(named)
+        moved = {key: kwargs.pop(key) for key in list(kwargs) if key in call_settings}
+        if moved:
+            kwargs["processor_kwargs"] = {**moved, **(kwargs.get("processor_kwargs") or {})}
         return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     @classmethod

@@ -59,10 +59,8 @@ def load_source(args):
     if directory is None:
         raise CheckpointError(f"{args.src} is neither a local directory nor a Hub repository that could be fetched.")
     kind = detect_layout(directory, args.base_model).kind
-    options = dict(base_model=args.base_model, vision_tower=args.vision_tower,
+    options = dict(base_model=args.base_model, vision_tower=args.vision_tower, allow_pickle=args.allow_pickle,
                    conversation_format=args.conversation_format, trust_remote_code=args.trust_remote_code)
-    if kind != "ours":
-        options["allow_pickle"] = args.allow_pickle
     options = {k: v for k, v in options.items() if v not in (None, False)}
     model = LlavaForConditionalGeneration.from_pretrained(args.src, dtype=DTYPES[args.dtype], **options)
     try:

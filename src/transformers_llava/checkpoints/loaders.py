@@ -27,7 +27,7 @@ from .hub import hub_arguments, resolve_directory
 from .llava_hf import from_llava_hf, from_llava_hf_processor, our_generation_config
 from .lora_release import lora_release_weights, projector_release_weights
 from .original import convert_original, drop_stale_buffers, original_processor, release_tokenizer
-from .safe_load import CheckpointError, read_weights, weight_files
+from .safe_load import CheckpointError, check_safetensors_size, read_weights, weight_files
 from .templates import conversation_format as release_conversation_format
 
 OPTIONS = ("base_model", "vision_tower", "conversation_format", "allow_pickle")
@@ -121,12 +121,37 @@ def convert_layout(layout: Layout, options: dict, trust_remote_code: bool = Fals
     return config, state, release_generation_config(tokenizer, format_name)
 
 
+def load_own_format(cls, path, options: dict, args: tuple, rest: dict):
+    """A local checkpoint in this package's format, when its weights need our reader: a truncated `.safetensors`
+    fails naming the file and the sizes, `.bin` pickles load under our rules (`allow_pickle`), and `allow_pickle`
+    itself is not passed on to transformers' loader (which would hand it to the model's constructor). None: let
+    transformers load it as usual."""
+    if "state_dict" in rest or not isinstance(path, (str, os.PathLike)) or not os.path.isdir(path):
+        return None
+    files = weight_files(path)
+    for file in files:
+        if file.suffix == ".safetensors":
+            check_safetensors_size(file)
+    if any(file.suffix == ".bin" for file in files):
+        state = read_weights(files, options["allow_pickle"])
+        config = rest.pop("config", None) or cls.config_class.from_pretrained(path)
+        model = cls.from_pretrained(None, *args, config=config, state_dict=state, **rest)
+        model.config._name_or_path = os.fspath(path)
+        if (Path(path) / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        return model
+    if options["allow_pickle"]:  # nothing to unpickle: load without the option
+        return cls.from_pretrained(path, *args, **rest)
+    return None
+
+
 def load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs):
-    """Called by `LlavaForConditionalGeneration.from_pretrained`: a model for foreign layouts, else None."""
+    """Called by `LlavaForConditionalGeneration.from_pretrained`: a model for foreign layouts (or for our own format
+    when its weights need our reader, see `load_own_format`), else None."""
     options, rest = split_options(kwargs)
     layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest))
     if layout is None:
-        return None
+        return load_own_format(cls, pretrained_model_name_or_path, options, args, rest)
     config, state, generation = convert_layout(layout, options, rest.get("trust_remote_code", False))
     rest.pop("config", None)
     model = cls.from_pretrained(None, *args, config=config, state_dict=state, **rest)
@@ -140,8 +165,8 @@ def load_foreign_processor(cls, pretrained_model_name_or_path, **kwargs):
     """Called by `LlavaProcessor.from_pretrained`: a processor for foreign layouts, else None."""
     options, rest = split_options(kwargs)
     layout = foreign_layout(pretrained_model_name_or_path, options, hub_arguments(rest), processor_only=True)
-    if layout is None:
-        return None
+    if layout is None:  # this package's format; `allow_pickle` only concerns weights
+        return cls.from_pretrained(pretrained_model_name_or_path, **rest) if options["allow_pickle"] else None
     format_name = options["conversation_format"]
     trust_remote_code = rest.get("trust_remote_code", False)
     if layout.kind == "llava-hf":

@@ -16,6 +16,7 @@ It exits 1 while some requests have failed for good (run it again to retry them)
 
 import argparse
 import logging
+import os
 import sys
 
 from ..formats.llava_json import IMAGE_POSITIONS
@@ -51,12 +52,14 @@ def add_instruct_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_client(args):
-    from ..chat_client import OpenAIChatClient, TransformersChatClient
+    from ..chat_client import MODEL_ENV, OpenAIChatClient, TransformersChatClient
 
     if args.backend == "transformers":
         if not args.model:
             raise ValueError("--backend transformers needs --model PATH (a causal LM with a chat template)")
         return TransformersChatClient(args.model)
+    if not (args.model or os.environ.get(MODEL_ENV)):
+        raise ValueError(f"no model name for the endpoint: pass --model NAME or set {MODEL_ENV}")
     return OpenAIChatClient(base_url=args.base_url, model=args.model, timeout=args.timeout,
                             max_retries=args.max_retries, requests_per_minute=args.requests_per_minute)
 

@@ -8,8 +8,14 @@ See docs/evaluation.md for a walk-through with example output.
 """
 
 import argparse
+import os
+import sys
 
 from . import cli_llava_bench, cli_scienceqa
+
+# Mistakes in what a user gave (a path, a file's content, a flag's value) come out as these, with messages that name
+# the file and field; they are printed as one line. TRANSFORMERS_LLAVA_TRACEBACK=1 shows the traceback instead.
+USER_ERRORS = (OSError, ValueError, KeyError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,4 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        if os.environ.get("TRANSFORMERS_LLAVA_TRACEBACK"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"transformers-llava eval {args.benchmark} {args.step}: error: {' '.join(str(message).split())}",
+              file=sys.stderr)
+        return 2

@@ -110,7 +110,7 @@ def run_combine(args) -> int:
         result = complement(problems, ours, theirs, args.seed)
     else:
         if args.requery is None:
-            raise SystemExit("--scheme judge needs --requery FILE.jsonl to keep the judge's answers")
+            raise ValueError("--scheme judge needs --requery FILE.jsonl to keep the judge's answers")
         client = judges.build_client(args)
         try:
             result = judge(problems, ours, theirs, client, args.requery, args.seed, progress=True,

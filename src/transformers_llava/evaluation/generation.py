@@ -20,6 +20,7 @@ generation is the reasoning, cut at "###"; the prompt is then continued with " "
 `reasoning + "\\n The answer is " + answer`.
 """
 
+import os
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..image_processing_llava import open_image
 from .jsonl_store import JsonlStore
 from .shared_prefix import generate_shared
 
@@ -62,8 +64,28 @@ def add_generation_arguments(parser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def check_checkpoint(path: Path) -> None:
+    """`--model` must be a checkpoint directory; say so before transformers fails deep inside its loader."""
+    if not (Path(path) / "config.json").is_file():
+        what = "is not a directory" if not Path(path).is_dir() else "holds no config.json"
+        raise FileNotFoundError(f"--model {path} {what}; give a LLaVA checkpoint directory (save_pretrained output)")
+
+
+def check_answers_model(answers_path: str | Path, model_id: str) -> None:
+    """Refuse to resume an answers file written by another model: its answers would be reported under this one."""
+    recorded = {str(record.get("model_id", "")) for record in JsonlStore(answers_path).load().values()}
+    others = sorted(other for other in recorded if os.path.realpath(other) != os.path.realpath(model_id))
+    if others:
+        raise ValueError(
+            f"{answers_path} holds answers from --model {others[0]}, not from --model {model_id}; a run resumes only "
+            "its own answers. Give this model its own --answers file (and --reviews), or delete that one."
+        )
+
+
 def answer_from_args(args, questions: list[dict], answer_prompter: bool = False) -> int:
     """An `answer` command: load `args.model`, answer what `args.answers` does not hold yet, say how many."""
+    check_checkpoint(args.model)
+    check_answers_model(args.answers, str(args.model))
     model, processor = load_model(args.model, args.dtype)
     new = answer_questions(model, processor, questions, args.image_folder, args.answers, args.batch_size,
                            args.max_new_tokens, args.temperature, answer_prompter, str(args.model), args.progress,
@@ -90,12 +112,15 @@ def continued(processor, ids: list[list[int]], texts: list[str]) -> list[list[in
     return [row + processor.tokenizer(text, add_special_tokens=False)["input_ids"] for row, text in zip(ids, texts)]
 
 
-def load_image(image_folder: str | Path, name: str, question_id) -> Image.Image:
+def load_image(image_folder: str | Path, name: str, question_id, processor=None) -> Image.Image:
+    """The question's image opened by the processor's own loader (`fetch_images`), as in training: the pixel
+    guard, and later the same RGB conversion (transparency on the mean color, EXIF orientation, 16-bit)."""
     path = Path(image_folder) / name
     if not path.is_file():
         raise FileNotFoundError(f"question {question_id}: image {path} not found (image folder {image_folder})")
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    if processor is None:
+        return open_image(path)
+    return processor.image_processor.fetch_images(str(path))
 
 
 def cut_at(text: str, stops: list[str]) -> str:
@@ -187,7 +212,7 @@ def answer_questions(model, processor, questions: list[dict], image_folder: str 
             loaded = {}  # one image object per file in a batch: its questions are grouped by it
             for q in batch:
                 if q.get("image") and q["image"] not in loaded:
-                    loaded[q["image"]] = load_image(image_folder, q["image"], q["question_id"])
+                    loaded[q["image"]] = load_image(image_folder, q["image"], q["question_id"], processor)
             images = [loaded.get(q.get("image")) for q in batch]
 
             def run(prompts: list[list[int]], new_tokens: int) -> list[str]:

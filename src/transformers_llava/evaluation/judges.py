@@ -8,7 +8,9 @@ Endpoint settings default to the environment (`OPENAI_BASE_URL`, `OPENAI_API_KEY
 responses too).
 """
 
-from ..chat_client import OpenAIChatClient, TransformersChatClient
+import os
+
+from ..chat_client import MODEL_ENV, OpenAIChatClient, TransformersChatClient
 
 
 def add_arguments(parser) -> None:
@@ -28,6 +30,8 @@ def build_client(args):
     """The chat client the arguments name."""
     if args.judge_local:
         return TransformersChatClient(args.judge_local, max_new_tokens=args.judge_max_tokens)
+    if not (args.judge_model or os.environ.get(MODEL_ENV)):
+        raise ValueError(f"no judge model: pass --judge-model NAME (or --judge-local DIR) or set {MODEL_ENV}")
     return OpenAIChatClient(
         base_url=args.judge_base_url, model=args.judge_model, api_key=args.judge_api_key, timeout=args.judge_timeout,
         max_retries=args.judge_max_retries,

@@ -4,14 +4,17 @@ task through TRL's `SFTTrainer`, and evaluate it on held-out images next to an i
     transformers-llava demo                  # a few minutes on 2 CPU cores, no downloads
     transformers-llava demo --out runs/demo --train 3000 --seed 1
 
-The synthetic task (`transformers_llava.synthetic`) asks about the color, shape, count and side of drawn shapes:
-questions only the image can answer. The baseline is the same model trained the same way on blanked images.
+The synthetic task (`transformers_llava.demo.synthetic`) asks about the color, shape, count and side of drawn
+shapes: questions only the image can answer. The baseline is the same model trained the same way on blanked images.
+Each run leaves `stage1/` (the feature-aligned checkpoint) and `model/` (after stage 2), both with a model card that
+records how they were trained.
 """
 
 import argparse
 import json
 import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -19,12 +22,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 from trl import SFTConfig
 
-from .builder import build_llava
+from ..builder import build_llava
 from .synthetic import BACKGROUND, CHANCE, vocabulary, write_synthetic_task
-from .formats.instructions import load_instructions
+from ..formats.instructions import load_instructions
 from .tiny import save_tiny_towers
-from .training.data import load_captions, load_llava_json
-from .training.trainer import make_trainer
+from ..training.data import load_captions, load_llava_json
+from ..checkpoints.model_card import STAGE_WHAT, provenance, set_provenance
+from ..training.trainer import make_trainer
 
 
 def sft_config(output_dir: Path, learning_rate: float, epochs: float, seed: int) -> SFTConfig:
@@ -36,20 +40,44 @@ def sft_config(output_dir: Path, learning_rate: float, epochs: float, seed: int)
     )
 
 
+def train_stage(model, processor, rows, data_path: Path, stage: str, args, output_dir: Path, learning_rate: float,
+                epochs: float):
+    """One stage through `SFTTrainer`, recorded in the model's training record; the checkpoint is saved (with its
+    model card) to `output_dir`."""
+    config = sft_config(output_dir, learning_rate, epochs, args.seed)
+    record = provenance(model.config)
+    record["stages"].append({
+        "stage": stage, "what": STAGE_WHAT[stage], "recipe": "transformers-llava demo",
+        "data": {"format": "LLaVA JSON" if stage == "stage2" else "captions", "path": str(data_path),
+                 "samples": len(rows), "dropped": 0, "chat_template": None},
+        "hyperparameters": [["learning_rate", learning_rate], ["epochs", epochs],
+                            ["per_device_batch_size", config.per_device_train_batch_size],
+                            ["lr_scheduler", config.lr_scheduler_type], ["seed", args.seed]]})
+    trainer = make_trainer(model, processor, rows, config, stage=stage)
+    result = trainer.train()
+    record["stages"][-1].update(steps=trainer.state.global_step, train_loss=result.training_loss,
+                                finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    set_provenance(model.config, record)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+
+
 def train(paths: dict, towers: tuple[Path, Path], out: Path, args) -> tuple:
-    """Stage 1 (projector only, on captions) then stage 2 (projector + LLM, on conversations).
+    """Stage 1 (projector only, on captions) then stage 2 (projector + LLM, on conversations); the checkpoints go to
+    `out/stage1` and `out/model`.
 
     The learning rates and epochs are this tiny task's, not the paper's (2e-3 / 1 epoch, 2e-5 / 3 epochs for 13B):
     1,500 images instead of 595K, and a language model that starts from random weights."""
     torch.manual_seed(args.seed)
     model, processor = build_llava(*towers, projector_type="mlp2x_gelu")
+    record = provenance(model.config)
+    record["base_models"] = {"vision_tower": f"tiny random CLIP ({towers[0]})",
+                             "language_model": f"tiny random Llama ({towers[1]})"}
+    set_provenance(model.config, record)
     captions, _ = load_captions(paths["stage1"], paths["images"], seed=args.seed)
-    make_trainer(model, processor, captions, sft_config(out / "stage1", 1e-2, 3, args.seed), stage="stage1").train()
+    train_stage(model, processor, captions, paths["stage1"], "stage1", args, out / "stage1", 1e-2, args.stage1_epochs)
     conversations, _ = load_llava_json(paths["stage2"], paths["images"])
-    make_trainer(model, processor, conversations, sft_config(out / "stage2", 2e-3, args.epochs, args.seed),
-                 stage="stage2").train()
-    model.save_pretrained(out / "model")
-    processor.save_pretrained(out / "model")
+    train_stage(model, processor, conversations, paths["stage2"], "stage2", args, out / "model", 2e-3, args.epochs)
     return model.eval(), processor
 
 
@@ -97,6 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where data, models and results go")
     parser.add_argument("--train", type=int, default=1500, help="training images")
     parser.add_argument("--test", type=int, default=200, help="held-out images")
+    parser.add_argument("--stage1-epochs", type=float, default=3, help="stage-1 epochs")
     parser.add_argument("--epochs", type=float, default=5, help="stage-2 epochs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -19,8 +19,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .builder import build_llava
-from .chat_templates import FORMATS, load_chat_template
+from ..builder import build_llava
+from ..chat_templates import FORMATS, load_chat_template
 
 # Text the tiny tokenizer learns its merges from: the templates' fixed text and everyday caption words.
 BASE_CORPUS = [
@@ -45,7 +45,8 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 1000) -> PreTrainedToke
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=list("\n ()[].,:;?!'\"-#<>/_|0123456789")
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=list("\n ()[].,:;?!'\"-#<>/_|0123456789")
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     bos = tokenizer.token_to_id("<s>")
