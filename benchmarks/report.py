@@ -277,13 +277,13 @@ def serve_table(results: dict) -> list[str]:
 
 def agreement(batched: list[dict], one: list[dict]) -> str:
     """"yes" when every batched answer equals its one-at-a-time answer, else how many do and where the others part."""
-    pairs = [(a.split(), b.split()) for r, t in zip(batched, one) for a, b in zip(r["texts"], t["texts"])]
+    pairs = [(a, b) for r, t in zip(batched, one) for a, b in zip(r["texts"], t["texts"])]
     differing = [(next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))), len(b))
                  for a, b in pairs if a != b]
     if not differing:
         return "yes"
     return (f"no: {len(pairs) - len(differing)} of {len(pairs)} equal; the others part after "
-            + ", ".join(f"{k} of {n}" for k, n in differing) + " words")
+            + ", ".join(f"{k} of {n}" for k, n in differing) + " characters")
 
 
 def cpu_ratio(ours: list[dict], theirs: list[dict]) -> str:
