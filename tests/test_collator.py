@@ -72,9 +72,9 @@ def test_supervised_positions_only_loss_equals_the_full_loss(tiny, dataset):
         batch = LlavaDataCollator(processor, padding_free=padding_free)(dataset)
         with torch.no_grad():
             full = model(**batch).loss
-            compact, logits, _ = supervised_loss(model, batch)
+            compact, log_probs, _ = supervised_loss(model, batch)
         supervised = int((batch["labels"][:, 1:] != -100).sum())
-        assert logits.shape == (supervised, model.config.text_config.vocab_size)  # the head ran there only
+        assert log_probs.shape == (supervised, model.config.text_config.vocab_size)  # the head ran there only
         torch.testing.assert_close(compact, full, rtol=1e-5, atol=1e-6)
 
 

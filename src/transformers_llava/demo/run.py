@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     print("The towers are built locally with random weights: everything the model knows comes from this run.")
     results = {}
     for name, blank in (("llava", False), ("image_blind", True)):
+        print(f"\n== {'image-blind baseline: the same training on blanked images' if blank else 'LLaVA'} ==")
         paths = write_synthetic_task(args.out / f"data_{name}", args.train, args.test, seed=args.seed, blank=blank)
         model, processor = train(paths, towers, args.out / name, args)
         test_rows = json.loads(paths["test"].read_text())

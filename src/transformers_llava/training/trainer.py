@@ -25,17 +25,17 @@ from .stages import ProjectorLearningRate, prepare_stage, trainable_parameters
 def supervised_loss(model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The training loss with the LM head evaluated only where the next token is supervised.
 
-    Returns `(loss, logits [N_supervised, V], targets [N_supervised])`. Image, prompt and padding positions never
+    Returns `(loss, log_probs [N_supervised, V], targets [N_supervised])`. Image, prompt and padding positions never
     reach the vocabulary matmul (`logits_to_keep` as a boolean mask, transformers' `slice_logits_to_keep`); the
     loss is the per-token cross-entropy summed and divided by `num_items_in_batch` (else the supervised count)."""
     targets = inputs["labels"][:, 1:]  # position t predicts token t + 1
     supervised = targets != IGNORE_INDEX  # [B, L - 1]
     keep = nn.functional.pad(supervised, (0, 1), value=False)  # [B, L]: the last position predicts nothing
     outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False, logits_to_keep=keep)
-    logits = outputs.logits.float()  # [N_supervised, V]
-    targets = targets[supervised].to(logits.device)
+    log_probs = outputs.logits.float().log_softmax(-1)  # [N_supervised, V]; kept for the logged metrics
+    targets = targets[supervised].to(log_probs.device)
     denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
-    return nn.functional.cross_entropy(logits, targets, reduction="sum") / denominator, logits, targets
+    return nn.functional.nll_loss(log_probs, targets, reduction="sum") / denominator, log_probs, targets
 
 
 class LlavaSFTTrainer(SFTTrainer):
@@ -65,23 +65,22 @@ class LlavaSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        loss, logits, targets = supervised_loss(model, inputs, num_items_in_batch)
+        loss, log_probs, targets = supervised_loss(model, inputs, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks, as in SFTTrainer
-        self._log_token_metrics(mode, inputs, logits.detach(), targets)
+        self._log_token_metrics(mode, inputs, log_probs.detach(), targets)
         if return_outputs:  # as SFTTrainer: full logits for `compute_metrics`, from another forward
             with torch.no_grad():
                 return loss, model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
         return loss
 
-    def _log_token_metrics(self, mode: str, inputs: dict, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """The metrics `SFTTrainer.compute_loss` logs, from the supervised positions' logits."""
+    def _log_token_metrics(self, mode: str, inputs: dict, log_probs: torch.Tensor, targets: torch.Tensor) -> None:
+        """The metrics `SFTTrainer.compute_loss` logs, from the supervised positions' log-probabilities."""
         gather = self.accelerator.gather_for_metrics
         with torch.no_grad():
-            log_probs = logits.log_softmax(-1)  # [N_supervised, V]
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
-            correct = logits.argmax(-1) == targets
-        num_valid = gather(torch.tensor(len(targets), device=logits.device)).sum()
+            entropy = -(log_probs.exp() * log_probs).sum(-1)  # [N_supervised]
+            correct = log_probs.argmax(-1) == targets
+        num_valid = gather(torch.tensor(len(targets), device=log_probs.device)).sum()
         entropy_sum, num_correct = gather(entropy.sum()).sum(), gather(correct.sum()).sum()
         self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
