@@ -244,21 +244,46 @@ def percentile(values: list[float], q: float) -> float:
 def serve_table(results: dict) -> list[str]:
     runs = by_key(results["records"], "serve", "clients", "max_batch")
     settings = results["settings"]["serve"]
-    lines = [f"Requests: one LLaVA-Bench question with its (synthetic) image each, greedy, at most "
-             f"{settings['new_tokens']} tokens, {settings['dtype']}; each client sends its requests one after another.",
-             "", "| clients | requests/s, batch 1 | requests/s, batched | ratio | ratio (CPU time) | p50 / p95 latency "
-             "(s), batch 1 | p50 / p95 latency (s), batched | identical outputs |", "|---|---|---|---|---|---|---|---|"]
+    asked = [n for rs in runs.values() for r in rs for n in r.get("max_tokens", [])]
+    choice = results.get("dtype_choices", {}).get("serve")
+    dtype = f"{choice['dtype']} ({choice['reason']})" if choice else settings["dtype"]
+    limit = (f"max_tokens = the token length of LLaVA-Bench's GPT-4 answer to that question "
+             f"({min(asked)}-{max(asked)} tokens)"
+             if settings["new_tokens"] == "reference" else f"at most {settings['new_tokens']} tokens")
+    lines = [f"Requests: one LLaVA-Bench question with its (synthetic) image each, greedy, {limit}; served in {dtype}; "
+             "each client sends its requests one after another. Mean batch: rows per `generate` call the engine ran; "
+             "useful rows: tokens returned / rows computed over all forwards (the engine batches statically: a batch "
+             "runs until its longest answer ends, and a request arriving meanwhile waits for it).",
+             "", "| clients | requests | requests/s, batch 1 | requests/s, batched | ratio | ratio (CPU time) | "
+             "p50 / p95 latency (s), batch 1 | p50 / p95 latency (s), batched | mean batch (useful rows), batched | "
+             "tokens returned | identical outputs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for clients in settings["clients"]:
         one, batched = runs[(clients, 1)], runs[(clients, settings["max_batch"])]
         speed = {name: [r["requests"] / r["seconds"] for r in rs] for name, rs in (("one", one), ("batched", batched))}
         latency = {name: [x for r in rs for x in r["latencies"]] for name, rs in (("one", one), ("batched", batched))}
-        same = [a == b for r, t in zip(batched, one) for a, b in zip(r["texts"], t["texts"])]
-        identical = "yes" if all(same) else f"no ({sum(same)} of {len(same)} equal)"
-        lines.append(f"| {clients} | {spread(speed['one'])} | {spread(speed['batched'])} | "
+        identical = agreement(batched, one)
+        widths = [w for r in batched for w in r.get("batch_widths", [])]
+        mean_batch = ""
+        if widths:
+            useful = sum(sum(r["completion_tokens"]) for r in batched) / sum(r["row_slots"] for r in batched)
+            mean_batch = f"{statistics.mean(widths):.1f} ({100 * useful:.0f} %)"
+        returned = f"{sum(one[0]['completion_tokens'])} of {sum(one[0]['max_tokens'])}" if "max_tokens" in one[0] else ""
+        lines.append(f"| {clients} | {one[0]['requests']} | {spread(speed['one'])} | {spread(speed['batched'])} | "
                      f"{ratios(speed['batched'], speed['one'])} | {cpu_ratio(batched, one)} | "
                      + " | ".join(f"{percentile(latency[n], 0.5):.2f} / {percentile(latency[n], 0.95):.2f}"
-                                  for n in ("one", "batched")) + f" | {identical} |")
+                                  for n in ("one", "batched")) + f" | {mean_batch} | {returned} | {identical} |")
     return lines
+
+
+def agreement(batched: list[dict], one: list[dict]) -> str:
+    """"yes" when every batched answer equals its one-at-a-time answer, else how many do and where the others part."""
+    pairs = [(a, b) for r, t in zip(batched, one) for a, b in zip(r["texts"], t["texts"])]
+    differing = [(next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))), len(b))
+                 for a, b in pairs if a != b]
+    if not differing:
+        return "yes"
+    return (f"no: {len(pairs) - len(differing)} of {len(pairs)} equal; the others part after "
+            + ", ".join(f"{k} of {n}" for k, n in differing) + " characters")
 
 
 def cpu_ratio(ours: list[dict], theirs: list[dict]) -> str:
@@ -295,11 +320,13 @@ def headline(results: dict) -> list[str]:
     if runs:
         clients, batch = max(settings["serve"]["clients"]), settings["serve"]["max_batch"]
         speed = [[r["requests"] / r["seconds"] for r in runs[(clients, b)]] for b in (batch, 1)]
-        same = all(a == b for r, t in zip(runs[(clients, batch)], runs[(clients, 1)]) for a, b in zip(r["texts"], t["texts"]))
-        rows.append(f"| server throughput: {clients} concurrent clients, requests/s | {spread(speed[0])} | "
+        same = agreement(runs[(clients, batch)], runs[(clients, 1)])
+        choice = results.get("dtype_choices", {}).get("serve")
+        dtype = choice["dtype"] if choice else settings["serve"]["dtype"]
+        rows.append(f"| server throughput: {clients} concurrent clients, {dtype}, requests/s | {spread(speed[0])} | "
                     f"{spread(speed[1])} (engine batch 1) | **{ratios(*speed)}** | "
                     f"{cpu_ratio(runs[(clients, batch)], runs[(clients, 1)])} | "
-                    f"{'identical' if same else 'NOT identical'} greedy outputs |")
+                    + ("identical greedy outputs |" if same == "yes" else f"NOT identical greedy outputs ({same[4:]}) |"))
     train = by_key(records, "train", "dtype", "stage", "stack")
     if ("fp32", "stage2", "ours") in train:
         speed = [[r["samples"] / r["seconds"] for r in train[("fp32", "stage2", s)]] for s in ("ours", "builtin")]

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .report import STACK_NAMES, render, validate
+from .report import STACK_NAMES, peaks, render, validate
 
 STACKS = ("ours", "ours_padded", "builtin")
 PARTS = ("7b", "eval", "serve", "mini")
@@ -36,7 +36,9 @@ PARTS = ("7b", "eval", "serve", "mini")
 #   for stage 2 only: it is the stage the targets are about.
 # - 7b: the 7B-proportioned workload, stage 2, every lever's stack; its loss curve in fp32.
 # - eval: LLaVA-Bench-shaped answering, one question at a time vs batched with shared prefixes.
-# - serve: the OpenAI-compatible server at each number of concurrent clients, engine batch 1 vs max_batch.
+# - serve: the OpenAI-compatible server at each number of concurrent clients, engine batch 1 vs max_batch; each
+#   request's max_tokens is its LLaVA-Bench GPT-4 answer's length ("reference"); dtype "auto" serves in bf16 where
+#   the bf16 matmul peak measured earlier in the same run beats fp32's, else in fp32 (`serving_dtype`).
 FULL = dict(rounds=3, parts=PARTS, threads=1, device="cpu", matmul_size=2048,
             cells=(("stage2", "fp32"), ("stage1", "fp32"), ("stage2", "bf16")), warmup=1, steps=1, batch_size=4,
             new_tokens=24, generate_repeats=2, generate_dtypes=("fp32", "bf16"), first_answer=16, chat_repeats=3,
@@ -44,12 +46,14 @@ FULL = dict(rounds=3, parts=PARTS, threads=1, device="cpu", matmul_size=2048,
             seven_b=dict(workload="7b", stacks=("ours", "ours_dense", "ours_padded", "builtin"),
                          cells=(("stage2", "bf16"),), batch_size=8, curve_batch_size=4, curve_steps=4),
             eval=dict(workload="7b", dtype="fp32", images=30, per_image=3, new_tokens=32, batch_size=12),
-            serve=dict(workload="7b", dtype="fp32", clients=(1, 4, 8), max_batch=8, new_tokens=48))
+            serve=dict(workload="7b", dtype="auto", clients=(1, 4, 8), max_batch=8, new_tokens="reference",
+                       requests_per_client=4))
 SMOKE = FULL | dict(rounds=1, batch_size=2, matmul_size=512, new_tokens=3, generate_repeats=1,
                     generate_dtypes=("fp32",), first_answer=3, chat_repeats=1, curve_steps=2,
                     seven_b=FULL["seven_b"] | dict(workload="smoke_7b", batch_size=4, curve_batch_size=2, curve_steps=2),
                     eval=FULL["eval"] | dict(workload="smoke_7b", images=4, new_tokens=4, batch_size=6),
-                    serve=FULL["serve"] | dict(workload="smoke_7b", clients=(1, 4), max_batch=4, new_tokens=4))
+                    serve=FULL["serve"] | dict(workload="smoke_7b", clients=(1, 4), max_batch=4, new_tokens=4,
+                                                  requests_per_client=2))
 PROFILES = {"full": FULL, "quick": FULL | dict(rounds=1), "smoke": SMOKE}
 # On a GPU: bf16 weights for inference (fp32 training cells stay, for the loss comparison), big matmuls, and
 # larger batches where a GPU's width needs them. The chat's second turn is a CPU measurement (LlavaChat keeps its ids
@@ -107,7 +111,7 @@ def schedule(profile: dict, roots: dict[str, str]) -> list[tuple[str, dict]]:
         if "serve" in parts:
             for clients in serving["clients"]:
                 tasks += [("serve", dict(root=roots[serving["workload"]], max_batch=batch, clients=clients,
-                                         requests=max(4, 2 * clients), new_tokens=serving["new_tokens"],
+                                         requests=max(4, serving["requests_per_client"] * clients), new_tokens=serving["new_tokens"],
                                          dtype=serving["dtype"], device=device))
                           for batch in rotated((1, serving["max_batch"]), round_)]
         if "mini" in parts:
@@ -162,6 +166,18 @@ def run_task(name: str, kwargs: dict, threads: int, log: str) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     return tasks.TASKS[name](**kwargs)
+
+
+def serving_dtype(records: list[dict]) -> dict:
+    """{"dtype", "reason"}: what a user would serve in on this machine, bf16 where its matmul peak measured in this
+    run (`records` so far) beats fp32's, else fp32."""
+    peak = peaks(records)
+    if not {"bf16", "fp32"} <= set(peak):
+        raise RuntimeError(f"serving dtype 'auto' needs both matmul peaks measured first; this run has {sorted(peak)}")
+    dtype = "bf16" if peak["bf16"] > peak["fp32"] else "fp32"
+    relation = ">" if dtype == "bf16" else "<="
+    return {"dtype": dtype, "reason": f"bf16 matmul peak {peak['bf16'] / 1e9:,.0f} GFLOP/s {relation} fp32 "
+                                      f"{peak['fp32'] / 1e9:,.0f} GFLOP/s, measured in this run"}
 
 
 def cpu_flags() -> dict:
@@ -222,9 +238,16 @@ def main(argv=None) -> int:
     workloads = {w: isolated(0, "prepare_workload", {"name": w, "cache": options.cache}) for w in sorted(needed)}
     plan = schedule(profile, {w: prepared["root"] for w, prepared in workloads.items()})
     total = len(plan)
-    records = [{"task": task, "kwargs": kwargs, "result": isolated(i + 1, task, kwargs)}
-               for i, (task, kwargs) in enumerate(plan)]
+    records, choices = [], {}
+    for i, (task, kwargs) in enumerate(plan):
+        if kwargs.get("dtype") == "auto":  # decided once, at the first task that needs it, from the peaks so far
+            if task not in choices:
+                choices[task] = serving_dtype(records)
+                print(f"{task}: {choices[task]['dtype']} ({choices[task]['reason']})", flush=True)
+            kwargs = kwargs | {"dtype": choices[task]["dtype"]}
+        records.append({"task": task, "kwargs": kwargs, "result": isolated(i + 1, task, kwargs)})
     results = {
+        "dtype_choices": choices,
         "profile": name, "settings": profile, "machine": machine(options.device),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "wall_seconds": time.time() - started, "workloads": workloads, "records": records,

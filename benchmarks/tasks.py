@@ -4,7 +4,7 @@
     generate(root, stack="builtin", dtype="fp32", batch=8, new_tokens=32, repeats=2)
     second_turn(root, method="chat", dtype="fp32", first_answer=32, repeats=2)
     evaluate(root, method="shared", dtype="fp32", images=30, per_image=3, new_tokens=32, batch_size=12)
-    serve(root, max_batch=8, clients=8, requests=16, new_tokens=64, dtype="fp32")
+    serve(root, max_batch=8, clients=8, requests=16, new_tokens="reference", dtype="bf16")
     matmul(dtype="bf16"); bandwidth()
 
 Every task takes `device` ("cpu" or "cuda"); on a GPU, times are taken after `torch.cuda.synchronize()`.
@@ -29,7 +29,7 @@ from transformers_llava.chat import LlavaChat
 from .flops import ModelShape, copy_bandwidth, matmul_peak, step_flops
 from .stacks import builtin_from_ours, load_dataset, load_model, make_stack_trainer, training_args
 from .timers import StepTimer, TimedCollator
-from .workload import WORKLOADS, prepare, reference_file, sequence_lengths, synthetic_image
+from .workload import WORKLOADS, prepare, reference_answer_tokens, reference_rows, sequence_lengths, synthetic_image
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -185,7 +185,7 @@ def second_turn(root, *, method: str, dtype: str, first_answer: int, repeats: in
 
 def bench_questions(images: int, per_image: int) -> list[dict]:
     """LLaVA-Bench COCO's real questions, `per_image` of each of its first `images` images (in the file's order)."""
-    rows = [json.loads(line) for line in reference_file("qa90_questions.jsonl").read_text().splitlines()]
+    rows = reference_rows("qa90_questions.jsonl")
     by_image: dict[str, list[dict]] = {}
     for row in rows:
         by_image.setdefault(row["image"], []).append(row)
@@ -237,12 +237,16 @@ def evaluate(root, *, method: str, dtype: str, images: int, per_image: int, new_
             "answer_tokens": tokens, "images_encoded": sum(encoded), "peak_mb": peak_mb(device)}
 
 
-def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int, dtype: str,
+def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int | str, dtype: str,
           device: str = "cpu") -> dict:
     """The OpenAI-compatible server under a real uvicorn, `clients` threads each sending its share of `requests`
-    chat completions (one LLaVA-Bench question with its image each, greedy, `new_tokens` at most) one after the
-    other; `max_batch` is the engine's batch limit (1: one request at a time). Latency per request, first byte to
-    last, as the client sees it."""
+    chat completions (one LLaVA-Bench question with its image each, greedy) one after the other; `max_batch` is the
+    engine's batch limit (1: one request at a time). Each request's `max_tokens` is `new_tokens`, or with
+    "reference" the token length of LLaVA-Bench's GPT-4 answer to that question (a random-weight model stops early
+    only where it happens to emit EOS; `completion_tokens` says what ran). Latency per request, first byte to last,
+    as the client sees it. The LLM's forward calls are counted: `batch_widths` holds the rows of every `generate`
+    the engine ran (its prefill), `row_slots` the rows summed over every forward, so `completion_tokens /
+    row_slots` is the share of the batched work that produced a token someone waits for."""
     import socket
 
     import httpx
@@ -256,8 +260,13 @@ def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int,
     model, processor = load_model("ours", root, DTYPES[dtype])
     engine = LlavaEngine(model.to(device), processor, max_batch_size=max_batch)
     questions = bench_questions(30, 3)[:requests]
+    answer_tokens = reference_answer_tokens()
     size = processor.image_processor.crop_size["height"]
-    bodies = [request_body(question, size, new_tokens) for question in questions]
+    bodies = [request_body(question, size, answer_tokens[question["question_id"]] if new_tokens == "reference"
+                           else new_tokens) for question in questions]
+    forwards = []  # (rows, positions) of every LLM forward, in the engine's thread
+    model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: forwards.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(build_app(engine, "bench"), log_level="warning"))
@@ -266,7 +275,7 @@ def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int,
     while not server.started:
         time.sleep(0.01)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/chat/completions"
-    texts, latencies = [None] * len(bodies), [None] * len(bodies)
+    texts, latencies, tokens = [None] * len(bodies), [None] * len(bodies), [None] * len(bodies)
 
     def client(index: int, http: httpx.Client) -> None:
         for k in range(index, len(bodies), clients):
@@ -274,10 +283,13 @@ def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int,
             response = http.post(url, json=bodies[k], timeout=600)
             response.raise_for_status()
             latencies[k] = time.perf_counter() - begin
-            texts[k] = response.json()["choices"][0]["message"]["content"]
+            answer = response.json()
+            texts[k], tokens[k] = answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"]
 
     with httpx.Client() as http:
-        http.post(url, json=bodies[0], timeout=600).raise_for_status()  # warm-up
+        warmup = dict(bodies[0], max_tokens=2)
+        http.post(url, json=warmup, timeout=600).raise_for_status()
+        forwards.clear()
         threads = [threading.Thread(target=client, args=(i, http)) for i in range(clients)]
         start, cpu_start = time.perf_counter(), time.process_time()
         for t in threads:
@@ -290,7 +302,9 @@ def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int,
     if any(text is None for text in texts):
         raise RuntimeError(f"{sum(t is None for t in texts)} of {len(texts)} requests got no answer")
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "requests": len(bodies), "latencies": latencies,
-            "texts": texts}
+            "texts": texts, "max_tokens": [body["max_tokens"] for body in bodies], "completion_tokens": tokens,
+            "batch_widths": [rows for rows, positions in forwards if positions > 1],
+            "row_slots": sum(rows for rows, _ in forwards)}
 
 
 def prepare_workload(*, name: str, cache: str) -> dict:

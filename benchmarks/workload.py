@@ -95,14 +95,28 @@ def reference_file(name: str) -> Path:
                             "workloads need the shared reference folder beside the checkout (../shared/reference).")
 
 
+def reference_rows(name: str) -> list[dict]:
+    """The rows of a LLaVA-Bench COCO jsonl file (`qa90_questions.jsonl`, `qa90_gpt4_answer.jsonl`)."""
+    return [json.loads(line) for line in reference_file(name).read_text().splitlines()]
+
+
+def text_tokens(text: str) -> int:
+    """A text's length in Llama tokens, estimated from its words (4/3 tokens per word)."""
+    return max(1, round(len(text.split()) * TOKENS_PER_WORD))
+
+
 def llava_bench_lengths() -> dict[str, dict[str, list[int]]]:
     """{type: {"question": [tokens...], "answer": [tokens...]}} of LLaVA-Bench COCO's questions and GPT-4 answers."""
     lengths = {kind: {"question": [], "answer": []} for kind in INSTRUCTION_MIX}
     for role, name in (("question", "qa90_questions.jsonl"), ("answer", "qa90_gpt4_answer.jsonl")):
-        for line in reference_file(name).read_text().splitlines():
-            row = json.loads(line)
-            lengths[row["category"]][role].append(max(1, round(len(row["text"].split()) * TOKENS_PER_WORD)))
+        for row in reference_rows(name):
+            lengths[row["category"]][role].append(text_tokens(row["text"]))
     return lengths
+
+
+def reference_answer_tokens() -> dict[int, int]:
+    """{question_id: token length of LLaVA-Bench COCO's GPT-4 answer to it} (as `llava_bench_lengths` counts)."""
+    return {row["question_id"]: text_tokens(row["text"]) for row in reference_rows("qa90_gpt4_answer.jsonl")}
 
 
 def pseudo_words(count: int, rng: random.Random) -> list[str]:
