@@ -92,6 +92,21 @@ def test_sampling_with_a_seed_repeats_itself(peaked):
     assert len(others) > 1
 
 
+def test_rows_with_different_sampling_share_a_batch_each_answering_as_alone(peaked):
+    model, processor = peaked
+    messages, other = ask("What is this?", ORANGE), ask("Hello, what color is the sky?")
+    sampled = dict(temperature=5.0, top_p=0.9, max_new_tokens=10, seed=3)
+    engine = LlavaEngine(model, processor, batch_window=0.5)
+    sampled_alone = engine.complete(messages, **sampled)
+    widths = []
+    model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    together = [engine.submit(messages, **sampled), engine.submit(other, temperature=0, max_new_tokens=10)]
+    together = [g.result() for g in together]
+    assert widths == [2] * 10  # one prefill and nine steps, shared by the sampled and the greedy row
+    assert together == [sampled_alone, generate_alone(model, processor, other, 10)]
+
+
 def test_closing_a_stream_stops_its_generation(peaked):
     model, processor = peaked
     steps = []
