@@ -146,3 +146,12 @@ def test_from_pretrained_serves_a_llava_hf_export_as_the_model_itself(peaked, tm
     engine = LlavaEngine.from_pretrained(exported, device="cpu")
     messages = ask("What is this?", ORANGE)
     assert engine.complete(messages, temperature=0, max_new_tokens=8) == generate_alone(model, processor, messages, 8)
+
+
+def test_a_generation_config_the_decode_loop_would_ignore_is_refused(tiny):
+    model, processor = tiny
+    model.generation_config.repetition_penalty = 1.0  # a no-op: served
+    LlavaEngine(model, processor)
+    model.generation_config.repetition_penalty = 1.3
+    with pytest.raises(ValueError, match="repetition_penalty': 1.3"):
+        LlavaEngine(model, processor)

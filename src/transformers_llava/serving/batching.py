@@ -15,13 +15,32 @@ columns no remaining row attends to, so the width stays the longest row's length
 
 Every row samples with its own settings: temperature 0 is greedy (argmax), otherwise temperature and top-p, drawn
 with the row's own `torch.Generator` when it has a seed (so a seed repeats itself whatever the batch holds). The
-model's `generation_config.suppress_tokens` (the `<image>` token) are never chosen, as in `generate`.
+model's `generation_config.suppress_tokens` (the `<image>` token) are never chosen, as in `generate`; a generation
+config asking for other logits processing (`UNSUPPORTED`, e.g. a repetition penalty) is refused by `check_supported`
+rather than silently ignored.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache, TemperatureLogitsWarper, TopPLogitsWarper
+
+# generation-config fields `generate` would turn into logits processing this loop does not do: their no-op values
+UNSUPPORTED = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+               "bad_words_ids": [], "min_length": 0, "min_new_tokens": 0, "begin_suppress_tokens": [],
+               "forced_bos_token_id": None, "forced_eos_token_id": None, "sequence_bias": {},
+               "exponential_decay_length_penalty": None, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "typical_p": 1.0,
+               "min_p": 0.0, "top_h": None}
+
+
+def check_supported(generation_config) -> None:
+    """Raise ValueError naming the fields of `generation_config` (and their values) this loop would not honour."""
+    odd = {name: value for name, neutral in UNSUPPORTED.items()
+           if (value := getattr(generation_config, name, None)) is not None and value != neutral}
+    if odd:
+        raise ValueError(f"the model's generation config sets {odd}, which the serving engine's decode loop does not "
+                         f"apply (it applies temperature, top_p, suppress_tokens, EOS and stop strings); unset them in "
+                         f"generation_config.json to serve this model")
 
 
 class DecodeBatch:
@@ -156,4 +175,4 @@ def _generator(seed: int | None, device) -> torch.Generator | None:
     return generator
 
 
-__all__ = ["DecodeBatch"]
+__all__ = ["DecodeBatch", "check_supported"]

@@ -46,7 +46,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..chat import LlavaChat
-from .batching import DecodeBatch
+from .batching import DecodeBatch, check_supported
 from ..chat_templates import FORMATS, STOP_STRINGS, load_chat_template
 from ..image_processing_llava import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -266,6 +266,7 @@ class LlavaEngine:
     def __init__(self, model, processor, *, max_image_pixels: int | None = None, max_batch_size: int = 8,
                  batch_window: float = 0.005):
         self.model, self.processor, self.tokenizer = model.eval(), processor, processor.tokenizer
+        check_supported(model.generation_config)
         self.max_image_pixels = max_image_pixels or getattr(processor.image_processor, "max_image_pixels", None) \
             or DEFAULT_MAX_IMAGE_PIXELS
         self.max_batch_size, self.batch_window = max_batch_size, batch_window
