@@ -251,9 +251,9 @@ def serve_table(results: dict) -> list[str]:
              f"({min(asked)}-{max(asked)} tokens)"
              if settings["new_tokens"] == "reference" else f"at most {settings['new_tokens']} tokens")
     lines = [f"Requests: one LLaVA-Bench question with its (synthetic) image each, greedy, {limit}; served in {dtype}; "
-             "each client sends its requests one after another. Mean batch: rows per `generate` call the engine ran; "
-             "useful rows: tokens returned / rows computed over all forwards (the engine batches statically: a batch "
-             "runs until its longest answer ends, and a request arriving meanwhile waits for it).",
+             "each client sends its requests one after another. Mean batch: rows per decoding step; useful rows: tokens "
+             "returned / rows computed over all forwards (the engine batches continuously: between decoding steps "
+             "finished rows leave the batch and waiting requests join it).",
              "", "| clients | requests | requests/s, batch 1 | requests/s, batched | ratio | ratio (CPU time) | "
              "p50 / p95 latency (s), batch 1 | p50 / p95 latency (s), batched | mean batch (useful rows), batched | "
              "tokens returned | identical outputs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -262,7 +262,7 @@ def serve_table(results: dict) -> list[str]:
         speed = {name: [r["requests"] / r["seconds"] for r in rs] for name, rs in (("one", one), ("batched", batched))}
         latency = {name: [x for r in rs for x in r["latencies"]] for name, rs in (("one", one), ("batched", batched))}
         identical = agreement(batched, one)
-        widths = [w for r in batched for w in r.get("batch_widths", [])]
+        widths = [w for r in batched for w in r.get("step_widths", r.get("batch_widths", []))]
         mean_batch = ""
         if widths:
             useful = sum(sum(r["completion_tokens"]) for r in batched) / sum(r["row_slots"] for r in batched)

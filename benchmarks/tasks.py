@@ -303,7 +303,8 @@ def serve(root, *, max_batch: int, clients: int, requests: int, new_tokens: int 
         raise RuntimeError(f"{sum(t is None for t in texts)} of {len(texts)} requests got no answer")
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "requests": len(bodies), "latencies": latencies,
             "texts": texts, "max_tokens": [body["max_tokens"] for body in bodies], "completion_tokens": tokens,
-            "batch_widths": [rows for rows, positions in forwards if positions > 1],
+            "batch_widths": [rows for rows, positions in forwards if positions > 1],  # rows per prefill
+            "step_widths": [rows for rows, positions in forwards if positions == 1],  # rows per decoding step
             "row_slots": sum(rows for rows, _ in forwards)}
 
 

@@ -1,6 +1,8 @@
 """The serving engine: greedy answers equal `model.generate`, requests arriving together are batched with the answers
 they get alone, each row stops on its own, closing a stream stops its generation, and bad requests are named."""
 
+import time
+
 import pytest
 from PIL import Image
 
@@ -29,7 +31,7 @@ def test_greedy_answer_equals_generate_and_the_stream_adds_up_to_it(peaked):
     assert len(deltas) > 1 and "".join(deltas) == answer
 
 
-def test_requests_arriving_together_run_as_one_batch_answering_as_alone(peaked):
+def test_requests_arriving_together_share_decoding_steps_answering_as_alone(peaked):
     model, processor = peaked
     conversations = [ask("What is this?", ORANGE), ask("Hello, what color is the sky?"),
                      ask("Describe the image concisely.", BLUE), ask("What is in the image? yes", ORANGE)]
@@ -41,9 +43,30 @@ def test_requests_arriving_together_run_as_one_batch_answering_as_alone(peaked):
     engine = LlavaEngine(model, processor, batch_window=1.0)
     generations = [engine.submit(c, temperature=0, max_new_tokens=n) for c, n in zip(conversations, limits)]
     answers = [g.result() for g in generations]
-    assert batch_sizes[0] == 4 and set(batch_sizes) == {4}  # one left-padded batch, from prompt to last token
+    # one left-padded prefill of all four, then shared steps; each row leaves the batch when its answer ends
+    assert batch_sizes == [sum(n >= k for n in limits) for k in range(1, max(limits) + 1)]
     assert answers == alone
     assert [a.completion_tokens for a in answers] == limits
+
+
+def test_a_request_arriving_mid_decode_joins_the_running_batch_answering_as_alone(peaked):
+    model, processor = peaked
+    first, second = ask("Describe the image concisely.", BLUE), ask("What is this?", ORANGE)
+    alone = [generate_alone(model, processor, first, 40), generate_alone(model, processor, second, 8)]
+    widths = []
+    model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    engine = LlavaEngine(model, processor)
+    running = engine.submit(first, temperature=0, max_new_tokens=40)
+    while running.completion_tokens < 3:
+        time.sleep(0.001)
+    joining = engine.submit(second, temperature=0, max_new_tokens=8)
+    answers = [running.result(), joining.result()]
+    assert answers == alone and [a.completion_tokens for a in answers] == [40, 8]
+    prefills = [i for i, (rows, length) in enumerate(widths) if length > 1]
+    assert len(prefills) == 2 and widths[prefills[1]][0] == 1 and prefills[1] >= 3  # joined after 3 steps alone
+    assert [rows for rows, length in widths].count(2) == 7  # then decoded together until its 8th token
+    assert len(widths) == 40 + 1  # the running row never waited: 40 tokens, plus the newcomer's prefill
 
 
 def test_each_row_ends_at_its_own_stop_string(peaked):
@@ -67,6 +90,21 @@ def test_sampling_with_a_seed_repeats_itself(peaked):
     assert engine.complete(messages, temperature=5.0, top_p=1.0, max_new_tokens=10, seed=7) == first
     others = {engine.complete(messages, temperature=5.0, top_p=1.0, max_new_tokens=10, seed=s) for s in range(4)}
     assert len(others) > 1
+
+
+def test_rows_with_different_sampling_share_a_batch_each_answering_as_alone(peaked):
+    model, processor = peaked
+    messages, other = ask("What is this?", ORANGE), ask("Hello, what color is the sky?")
+    sampled = dict(temperature=5.0, top_p=0.9, max_new_tokens=10, seed=3)
+    engine = LlavaEngine(model, processor, batch_window=0.5)
+    sampled_alone = engine.complete(messages, **sampled)
+    widths = []
+    model.model.language_model.register_forward_hook(
+        lambda module, args, kwargs, out: widths.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    together = [engine.submit(messages, **sampled), engine.submit(other, temperature=0, max_new_tokens=10)]
+    together = [g.result() for g in together]
+    assert widths == [2] * 10  # one prefill and nine steps, shared by the sampled and the greedy row
+    assert together == [sampled_alone, generate_alone(model, processor, other, 10)]
 
 
 def test_closing_a_stream_stops_its_generation(peaked):
@@ -108,3 +146,12 @@ def test_from_pretrained_serves_a_llava_hf_export_as_the_model_itself(peaked, tm
     engine = LlavaEngine.from_pretrained(exported, device="cpu")
     messages = ask("What is this?", ORANGE)
     assert engine.complete(messages, temperature=0, max_new_tokens=8) == generate_alone(model, processor, messages, 8)
+
+
+def test_a_generation_config_the_decode_loop_would_ignore_is_refused(tiny):
+    model, processor = tiny
+    model.generation_config.repetition_penalty = 1.0  # a no-op: served
+    LlavaEngine(model, processor)
+    model.generation_config.repetition_penalty = 1.3
+    with pytest.raises(ValueError, match="repetition_penalty': 1.3"):
+        LlavaEngine(model, processor)

@@ -13,12 +13,14 @@ Messages are transformers chat-format dicts: roles system / user / assistant, co
 processor's chat template and encoded once, when it is submitted, so a bad one fails at once with a `RequestError`
 naming the message, the part and the numbers. `temperature=0` is greedy decoding.
 
-Requests from many threads are batched: a scheduler thread takes the first waiting request, collects those that
-arrive within `batch_window` seconds (up to `max_batch_size`), and runs each group sharing its sampling settings as
-one left-padded `generate` call (a sampled request with a `seed` runs alone, so its seed means what it says). Greedy
-rows answer in a batch what they answer alone (tests pin it). One streamer decodes every row's new tokens, cuts stop
-strings and ends each row at its own `max_new_tokens`, stop or cancellation; a StoppingCriteria tells `generate`
-which rows are finished. Closing a `stream()` generator (a client that went away) cancels its row.
+Requests from many threads are batched continuously (`batching.DecodeBatch`): one scheduler thread runs a decode
+loop, and between two decoding steps the rows whose answer ended (EOS, stop string, own `max_new_tokens`, or
+cancellation) leave the batch and its KV cache, and waiting requests join it, prefilled together (images encoded,
+prompts left-padded) and merged into the running cache. An idle engine collects requests for `batch_window` seconds
+before its first prefill; at most `max_batch_size` rows run at once. Each row samples with its own settings (greedy,
+temperature / top_p, its own seeded generator), so any requests share a batch. Greedy rows answer in a batch what
+they answer alone (tests pin it). Each row decodes its tokens, cuts stop strings and streams its text; closing a
+`stream()` generator (a client that went away) cancels its row.
 
 Multi-turn chats that keep their KV cache between turns (the CLI) run through `LlavaChat` with the same streamer:
 `chat = engine.chat()` then `engine.stream_turn(chat, text, images)`.
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import copy
 import os
 import sys
 import queue
@@ -45,6 +46,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..chat import LlavaChat
+from .batching import DecodeBatch, check_supported
 from ..chat_templates import FORMATS, STOP_STRINGS, load_chat_template
 from ..image_processing_llava import DEFAULT_MAX_IMAGE_PIXELS
 
@@ -90,12 +92,6 @@ class Sampling:
         if self.greedy:
             return {"do_sample": False}
         return {"do_sample": True, "temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": None}
-
-    def batch_key(self):
-        """Requests with equal keys can share one `generate` call."""
-        if self.greedy:
-            return ("greedy",)
-        return ("sample", self.temperature, self.top_p) if self.seed is None else ("seeded", object())
 
 
 class Completion(str):
@@ -270,6 +266,7 @@ class LlavaEngine:
     def __init__(self, model, processor, *, max_image_pixels: int | None = None, max_batch_size: int = 8,
                  batch_window: float = 0.005):
         self.model, self.processor, self.tokenizer = model.eval(), processor, processor.tokenizer
+        check_supported(model.generation_config)
         self.max_image_pixels = max_image_pixels or getattr(processor.image_processor, "max_image_pixels", None) \
             or DEFAULT_MAX_IMAGE_PIXELS
         self.max_batch_size, self.batch_window = max_batch_size, batch_window
@@ -456,71 +453,67 @@ class LlavaEngine:
                 self._scheduler.start()
 
     def _schedule(self) -> None:
+        """The decode loop (continuous batching, see `batching`): between decoding steps, finished rows leave the
+        batch and waiting requests join it. An idle engine waits for a request, then `batch_window` seconds for
+        more to prefill together."""
+        batch = DecodeBatch(self.model, self.pad_token_id)
         while True:
-            first = self._queue.get()
-            if first is None:  # `close`
+            waiting, stopping = self._waiting(idle=not batch.rows, room=self.max_batch_size - len(batch.rows))
+            self._end([r for r in waiting if r.generation.cancelled])
+            waiting = [r for r in waiting if not r.generation.cancelled]
+            try:
+                with self._generating:  # all torch work under the lock, which `close` takes for good
+                    if self.closed:
+                        raise RuntimeError("this LlavaEngine is closed")
+                    if waiting:
+                        try:
+                            batch.admit(waiting)
+                        except Exception as error:  # a bad newcomer fails alone; the running rows go on
+                            for request in waiting:
+                                request.generation.fail(error)
+                        self._running = batch.generations
+                    self._end(batch.drop_finished())
+                    if batch.rows:
+                        batch.step()
+                        self._end(batch.drop_finished())
+            except Exception as error:  # the callers hear of it (a cancelled row just ends); the loop keeps serving
+                self._end([r for r in batch.rows if r.generation.cancelled])
+                for request in batch.rows + waiting:
+                    request.generation.fail(error)
+                batch.clear()
+            self._running = batch.generations
+            del waiting
+            if stopping:
+                for row in batch.generations:
+                    row.cancel()
+                self._end(batch.rows)
+                batch.clear()
                 return
-            batch = [first]
-            deadline = time.monotonic() + self.batch_window
-            while len(batch) < self.max_batch_size:
-                try:
+
+    def _waiting(self, idle: bool, room: int) -> tuple[list[_Request], bool]:
+        """(requests to admit now, whether `close` asked the loop to stop). Idle: block for the first request,
+        then collect for `batch_window`; busy: take what is queued, without waiting."""
+        requests, deadline = [], None
+        while len(requests) < room:
+            try:
+                if idle and not requests:
+                    request = self._queue.get()
+                    deadline = time.monotonic() + self.batch_window
+                elif idle:
                     request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if request is None:
-                    self._queue.put(None)  # run (or fail) this batch, then stop
-                    break
-                batch.append(request)
-            groups: dict = {}
-            for request in batch:
-                groups.setdefault(request.generation.sampling.batch_key(), []).append(request)
-            for group in groups.values():
-                self._run_batch(group)
-            del batch, groups, group, request, first  # free the tensors here, not while Python shuts down
+                else:
+                    request = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:  # `close`
+                return requests, True
+            requests.append(request)
+        return requests, False
 
-    def _run_batch(self, requests: list[_Request]) -> None:
-        requests = [r for r in requests if not r.generation.cancelled]
-        rows = [r.generation for r in requests]
-        try:
-            with self._generating:  # all torch work under the lock, which `close` takes for good
-                if self.closed:
-                    raise RuntimeError("this LlavaEngine is closed")
-                if requests:
-                    self._running = rows
-                    self._generate(requests, rows)
-        except Exception as error:  # the callers hear of it; the scheduler keeps serving
-            for row in rows:
-                row.fail(error)
-        finally:
-            for row in rows:
-                row.finish("cancelled" if row.cancelled else "length")
-
-    def _generate(self, requests: list[_Request], rows: list[Generation]) -> None:
-        width = max(len(r.ids) for r in requests)
-        input_ids = torch.full((len(requests), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):  # left padding: every row's last prompt token is in the last column
-            input_ids[i, width - len(r.ids):] = r.ids
-            attention_mask[i, width - len(r.ids):] = 1
-        device = self.model.device
-        inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-        pixels = [r.pixel_values for r in requests if r.pixel_values is not None]
-        if pixels:  # the model fills image tokens in row-major order: the rows' images, in row order
-            inputs["pixel_values"] = torch.cat(pixels).to(device, self.model.dtype)
-        sampling = rows[0].sampling
-        if sampling.seed is not None and not sampling.greedy:
-            torch.manual_seed(sampling.seed)
-        config = self._generation_config(sampling, max(row.sampling.max_new_tokens for row in rows))
-        self.model.generate(**inputs, generation_config=config, streamer=RowStreamer(rows), tokenizer=self.tokenizer,
-                            stopping_criteria=StoppingCriteriaList([RowsFinished(rows)]))
-
-    def _generation_config(self, sampling: Sampling, max_new_tokens: int):
-        """The model's generation config with this batch's sampling (its stop strings end rows in `generate` too;
-        the rows cut them from their text, each with its own)."""
-        config = copy.deepcopy(self.model.generation_config)
-        config.update(**{"pad_token_id": self.pad_token_id, "max_new_tokens": max_new_tokens,
-                         "temperature": None, "top_p": None, "top_k": None, **sampling.generate_kwargs()})
-        return config
+    @staticmethod
+    def _end(requests: list[_Request]) -> None:
+        for request in requests:
+            request.generation.finish("cancelled" if request.generation.cancelled else "length")
 
     # -- multi-turn chat with a kept KV cache (the CLI)
     def chat(self, system: str | None = None) -> LlavaChat:

@@ -280,7 +280,8 @@ def parse_args(argv):
     parser.add_argument("--served-model-name", help="the model id clients send (default: MODEL as given)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                        help="how long the scheduler collects requests arriving together into one batch")
+                        help="how long an idle engine collects requests arriving together before its first prefill "
+                             "(a busy one admits waiting requests between decoding steps)")
     return parser.parse_args(argv)
 
 
