@@ -110,34 +110,34 @@ def load_image_part(part: dict, where: str, engine: LlavaEngine, allow_remote: b
 
 
 def to_engine_messages(messages, engine: LlavaEngine, allow_remote: bool) -> list[dict]:
-    """OpenAI chat messages -> the engine's chat-format messages (images decoded)."""
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages must be a non-empty list", "messages", "invalid_value")
+    """OpenAI chat messages -> the engine's chat-format messages: each `image_url` part decoded into an image part.
+    Everything else passes through as it is; the engine's own checks name what is wrong with it."""
+    if not isinstance(messages, list):
+        return messages
     converted = []
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise BadRequest(f"{where} must be an object", where, "invalid_value")
-        content = message.get("content")
-        if content is None or isinstance(content, str):
-            converted.append({"role": message.get("role"), "content": content or ""})
+            converted.append(message)
             continue
-        if not isinstance(content, list):
-            raise BadRequest(f"{where}.content must be a string or a list of parts", f"{where}.content",
-                             "invalid_value")
-        parts = []
-        for j, part in enumerate(content):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                parts.append({"type": "text", "text": part.get("text")})
-            elif kind == "image_url":
-                parts.append({"type": "image", "image": load_image_part(part, f"{where}.content[{j}]", engine,
-                                                                         allow_remote)})
-            else:
-                raise BadRequest(f"{where}.content[{j}] has type {kind!r}; this server takes text and image_url parts",
-                                 f"{where}.content[{j}].type", "invalid_value")
-        converted.append({"role": message.get("role"), "content": parts})
+        content = message.get("content")
+        if content is None:  # OpenAI allows a null content (an assistant turn that only called tools)
+            content = ""
+        elif isinstance(content, list):
+            content = [image_part(part, f"messages[{i}].content[{j}]", engine, allow_remote)
+                       for j, part in enumerate(content)]
+        converted.append({**message, "content": content})
     return converted
+
+
+def image_part(part, where: str, engine: LlavaEngine, allow_remote: bool):
+    """An `image_url` part decoded into the engine's image part; text parts as they are; any other part refused."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "image_url":
+        return {"type": "image", "image": load_image_part(part, where, engine, allow_remote)}
+    if kind != "text":
+        raise BadRequest(f"{where} has type {kind!r}; this server takes text and image_url parts", f"{where}.type",
+                         "invalid_value")
+    return part
 
 
 def sampling_options(body: dict) -> dict:
