@@ -21,7 +21,6 @@ when a command or turn failed while reading from a pipe.
 import argparse
 import base64
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass
