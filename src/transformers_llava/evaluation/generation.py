@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_llava import open_image
 from .jsonl_store import JsonlStore
-from .shared_prefix import generate_shared
+from .shared_prefix import generate_shared, left_padded, pad_id
 
 REASONING_STOP = "###"
 ANSWER_PROMPT = " ###\nANSWER:"
@@ -140,10 +140,8 @@ def generate(model, processor, ids: list[list[int]], images: list, max_new_token
              stops: list[str]) -> list[str]:
     """Continuations of a batch of prompts (`ids`, left-padded here; `images`: the images of the prompts that have
     one, in order)."""
-    width = max(len(row) for row in ids)
-    pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids], device=model.device)
-    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids], device=model.device)
+    input_ids, attention_mask = left_padded(ids, pad_id(processor), model.device)
+    width = input_ids.shape[1]
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if images:
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]

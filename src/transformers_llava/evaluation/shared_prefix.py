@@ -34,6 +34,19 @@ def common_prefix_length(rows: list[list[int]]) -> int:
     return length
 
 
+def pad_id(processor) -> int:
+    """The id padding positions hold (masked out of attention, so any id does when the tokenizer has none)."""
+    return processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+
+
+def left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each [len(rows), longest row], the rows padded on the left with `pad`."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+    return input_ids, attention_mask
+
+
 def check_no_split_image(prefix: list[int], rest: list[int], image_token_id: int, group: int) -> None:
     if prefix and rest and prefix[-1] == image_token_id and rest[0] == image_token_id:
         raise ValueError(f"Prompt group {group}: its shared prefix ends inside an image's tokens; prompts must "
@@ -46,7 +59,7 @@ def generate_shared(model, processor, ids: list[list[int]], groups: list[int], p
     if len(groups) != len(ids) or sorted(set(groups)) != list(range(len(pixel_values))):
         raise ValueError(f"{len(ids)} prompts with groups {sorted(set(groups))} for {len(pixel_values)} groups: "
                          "every prompt needs a group, numbered 0..G-1, and every group its image or None.")
-    pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+    pad = pad_id(processor)
     image_token_id = processor.image_token_id
     members = [[i for i, g in enumerate(groups) if g == group] for group in range(len(pixel_values))]
     prefixes = [ids[m[0]][:common_prefix_length([ids[i] for i in m])] for m in members]
@@ -59,8 +72,7 @@ def generate_shared(model, processor, ids: list[list[int]], groups: list[int], p
     width = max(len(p) for p in prefixes)
     longest = max(len(rest) for rest in rests)
     device, text_config = model.device, model.config.get_text_config()
-    prefix_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=device)
-    prefix_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes], device=device)
+    prefix_ids, prefix_mask = left_padded(prefixes, pad, device)
     cache = StaticCache(config=text_config, max_cache_len=width + longest + max_new_tokens)
     if width:
         images = [pixels for pixels in pixel_values if pixels is not None]
