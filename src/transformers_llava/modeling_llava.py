@@ -133,15 +133,15 @@ class TransformersLlavaPreTrainedModel(PreTrainedModel):
         model = None
         if checkpoints is not None:
             model = checkpoints.load_foreign_model(cls, pretrained_model_name_or_path, *args, **kwargs)
-        if model is None:
+        own_format = model is None
+        if own_format:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-            record = None if checkpoints is None or pretrained_model_name_or_path is None else \
-                checkpoints.read_training_record(pretrained_model_name_or_path, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model  # `output_loading_info=True` returns (model, info)
+        if own_format and checkpoints is not None and pretrained_model_name_or_path is not None:
+            record = checkpoints.read_training_record(pretrained_model_name_or_path, **kwargs)
             if record is not None:
-                checkpoints.set_provenance((model[0] if isinstance(model, tuple) else model).config, record)
-        # Checkpoints saved before the default, or without generation_config.json. `output_loading_info=True`
-        # returns (model, info).
-        suppress_image_token(model[0] if isinstance(model, tuple) else model)
+                checkpoints.set_provenance(loaded.config, record)
+        suppress_image_token(loaded)  # checkpoints saved before the default, or without generation_config.json
         return model
 
     def _init_weights(self, module):
